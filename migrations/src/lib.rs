@@ -1,0 +1,21 @@
+//! Database migrations for portcullis, run by `portcullis migrate` and on
+//! start-up of `portcullis serve`. Each migration is one file named
+//! `mYYYYMMDD_HHMMSS_<verb>_<noun>.rs`; applied migrations are never edited.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_users;
+mod m20261124_000002_create_sessions;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261124_000001_create_users::Migration),
+            Box::new(m20261124_000002_create_sessions::Migration),
+        ]
+    }
+}

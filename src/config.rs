@@ -1,0 +1,274 @@
+//! The one typed configuration: defaults, then an optional TOML file, then
+//! `PORTCULLIS_*` environment variables (and `DATABASE_URL`).
+//!
+//! Every setting has a default that works on one machine; the README's table
+//! lists them. Secrets in here never reach `Debug` output.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Service configuration.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    pub listen_addr: SocketAddr,
+    /// Database URL: `sqlite://FILE?mode=rwc` or `postgres://…`.
+    pub database_url: String,
+    /// Most database connections held open.
+    pub database_max_connections: u32,
+    /// Apply pending migrations when `serve` starts (turn off where a job
+    /// runs `portcullis migrate` once per release).
+    pub migrate_on_start: bool,
+    /// First part of every token and key: `<prefix>_<kind>_<secret><checksum>`.
+    pub token_prefix: String,
+    /// Default session lifetime (S4E: 24 hours).
+    #[serde(with = "humantime_serde")]
+    pub session_lifetime: Duration,
+    /// Latest a session can be refreshed to, counted from its login.
+    #[serde(with = "humantime_serde")]
+    pub session_absolute_lifetime: Duration,
+    /// How long a refreshed-away token keeps working (lost responses).
+    #[serde(with = "humantime_serde")]
+    pub refresh_grace: Duration,
+    /// Cookie that carries a session token in browsers.
+    pub session_cookie_name: String,
+    /// Query parameter that may carry a token.
+    pub token_query_param: String,
+    /// argon2id memory cost in KiB (OWASP: 19 MiB).
+    pub argon2_memory_kib: u32,
+    /// argon2id passes (OWASP: 2).
+    pub argon2_iterations: u32,
+    /// argon2id lanes (OWASP: 1).
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; 0 means one per CPU core.
+    pub hash_threads: usize,
+    /// Password hashes that may wait for a thread; more are refused with
+    /// `RESOURCE_EXHAUSTED` at once.
+    pub hash_queue_depth: usize,
+    /// How long a validated token stays in the in-memory cache. Revocation on
+    /// this replica clears it at once; this bounds how long another replica
+    /// may keep a revoked token.
+    #[serde(with = "humantime_serde")]
+    pub token_cache_ttl: Duration,
+    /// How long an unknown token is remembered as unknown.
+    #[serde(with = "humantime_serde")]
+    pub token_negative_cache_ttl: Duration,
+    /// Most tokens held in the cache.
+    pub token_cache_capacity: u64,
+    /// Largest gRPC request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Time limit for one request.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Log filter (`tracing` `EnvFilter` syntax); `RUST_LOG` overrides it.
+    pub log_filter: String,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite://portcullis.db?mode=rwc".into(),
+            database_max_connections: 10,
+            migrate_on_start: true,
+            token_prefix: "pcs".into(),
+            session_lifetime: Duration::from_hours(24),
+            session_absolute_lifetime: Duration::from_hours(30 * 24),
+            refresh_grace: Duration::from_secs(30),
+            session_cookie_name: "portcullis_session".into(),
+            token_query_param: "token".into(),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            hash_threads: 0,
+            hash_queue_depth: 64,
+            token_cache_ttl: Duration::from_secs(10),
+            token_negative_cache_ttl: Duration::from_secs(5),
+            token_cache_capacity: 100_000,
+            max_message_bytes: 64 * 1024,
+            max_concurrent_streams: 256,
+            request_timeout: Duration::from_secs(10),
+            log_filter: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The database URL may hold a password.
+        f.debug_struct("Config")
+            .field("listen_addr", &self.listen_addr)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("token_prefix", &self.token_prefix)
+            .field("session_lifetime", &self.session_lifetime)
+            .field("session_absolute_lifetime", &self.session_absolute_lifetime)
+            .field("refresh_grace", &self.refresh_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A configuration that cannot be used; the message names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment.
+    ///
+    /// # Errors
+    /// An unreadable file, an unknown key, a value of the wrong type, or a
+    /// setting outside its range; the message names the setting.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::raw().only(&["DATABASE_URL"])).merge(
+            Env::prefixed("PORTCULLIS_").ignore(&["CONFIG", "TEST_DATABASE_URL", "USER_PASSWORD"]),
+        );
+        let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types alone do not.
+    ///
+    /// # Errors
+    /// The first setting out of range.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        if self.token_prefix.is_empty()
+            || self.token_prefix.len() > 16
+            || !self
+                .token_prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return bad(
+                "token_prefix",
+                "must be 1 to 16 lower-case letters or digits",
+            );
+        }
+        if self.session_lifetime < Duration::from_mins(1) {
+            return bad("session_lifetime", "must be at least 1 minute");
+        }
+        if self.session_absolute_lifetime < self.session_lifetime {
+            return bad(
+                "session_absolute_lifetime",
+                "must be at least session_lifetime",
+            );
+        }
+        if self.refresh_grace > Duration::from_mins(10) {
+            return bad("refresh_grace", "must be at most 10 minutes");
+        }
+        if argon2::Params::new(
+            self.argon2_memory_kib,
+            self.argon2_iterations,
+            self.argon2_parallelism,
+            None,
+        )
+        .is_err()
+        {
+            return bad(
+                "argon2_memory_kib/argon2_iterations/argon2_parallelism",
+                "not valid argon2 parameters (memory must be at least 8 KiB per lane)",
+            );
+        }
+        if self.max_message_bytes < 1024 {
+            return bad("max_message_bytes", "must be at least 1024");
+        }
+        if self.database_max_connections == 0 {
+            return bad("database_max_connections", "must be at least 1");
+        }
+        if self.session_cookie_name.is_empty() || self.token_query_param.is_empty() {
+            return bad("session_cookie_name/token_query_param", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// True when the database is SQLite.
+    #[must_use]
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+impl ConfigError {
+    /// A configuration error with the given message.
+    pub fn from_message(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Hides the password in `scheme://user:password@host/…`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:<redacted>{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_database_password() {
+        let config = Config {
+            database_url: "postgres://app:hunter2@db/portcullis".into(),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://app:<redacted>@db/portcullis"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn defaults_pass_their_own_checks() {
+        Config::default().check().unwrap();
+    }
+
+    #[test]
+    fn bad_prefix_is_named() {
+        let config = Config {
+            token_prefix: "Bad_Prefix".into(),
+            ..Config::default()
+        };
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("token_prefix"), "{err}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The rules of portcullis: users, passwords, login, sessions, token
+//! validation, scopes. Time comes from a [`Clock`], randomness from `ring`.
+//!
+//! Must not import tonic, prost or sea-orm types: `grpc` converts at its edge,
+//! `store` returns the plain records defined here.
+
+mod clock;
+pub mod credential;
+mod error;
+mod login;
+pub mod password;
+pub mod scope;
+mod sessions;
+pub mod token;
+mod types;
+mod users;
+pub mod validate;
+
+use std::sync::Arc;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{AuthFailure, Error, Result};
+pub use login::LoginInput;
+pub use sessions::SessionPage;
+pub use types::*;
+pub use users::{NewUserInput, UserPage, UserPatch};
+pub use validate::Validator;
+
+use crate::{config::Config, store::Store};
+
+/// Everything the rules need, shared by all requests.
+pub struct Domain {
+    store: Store,
+    clock: Arc<dyn Clock>,
+    hasher: password::Hasher,
+    tokens: token::TokenFormat,
+    validator: Validator,
+    settings: Settings,
+}
+
+/// The subset of [`Config`] the rules read, as domain types.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Default session lifetime.
+    pub session_lifetime: chrono::Duration,
+    /// Latest a session can be refreshed to, from its login.
+    pub session_absolute_lifetime: chrono::Duration,
+    /// How long a refreshed-away token keeps working.
+    pub refresh_grace: chrono::Duration,
+    /// Where credentials are looked for in an HTTP request.
+    pub credential_sources: credential::Sources,
+}
+
+impl Settings {
+    /// Takes the rules' settings from the service configuration.
+    ///
+    /// # Errors
+    /// A duration too large to represent.
+    pub fn from_config(config: &Config) -> std::result::Result<Self, crate::config::ConfigError> {
+        let duration = |d: std::time::Duration| {
+            chrono::Duration::from_std(d).map_err(|_| {
+                crate::config::ConfigError::from_message(format!("duration {d:?} is too large"))
+            })
+        };
+        Ok(Self {
+            session_lifetime: duration(config.session_lifetime)?,
+            session_absolute_lifetime: duration(config.session_absolute_lifetime)?,
+            refresh_grace: duration(config.refresh_grace)?,
+            credential_sources: credential::Sources {
+                cookie_name: config.session_cookie_name.clone(),
+                query_param: config.token_query_param.clone(),
+            },
+        })
+    }
+}
+
+impl Domain {
+    /// Wires the rules to their store, clock and password hasher.
+    #[must_use]
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        hasher: password::Hasher,
+        tokens: token::TokenFormat,
+        validator: Validator,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            clock,
+            hasher,
+            tokens,
+            validator,
+            settings,
+        }
+    }
+
+    /// The password hasher (its counters are observable).
+    #[must_use]
+    pub fn hasher(&self) -> &password::Hasher {
+        &self.hasher
+    }
+
+    /// The store, for health checks.
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where credentials are looked for in an HTTP request.
+    #[must_use]
+    pub fn credential_sources(&self) -> &credential::Sources {
+        &self.settings.credential_sources
+    }
+}

@@ -1,0 +1,248 @@
+//! Sessions after login: validation, refresh with rotation and reuse
+//! detection, logout, listing and revocation.
+
+use chrono::{DateTime, Utc};
+
+use super::{
+    AuthFailure, Domain, Error, IssuedSession, Page, Principal, Result, Session, SessionState,
+    page_size, page_token, parse_page_token, scope, token::TokenKind,
+};
+use crate::store::Rotation;
+
+/// A page of sessions, each with whether it is the caller's own.
+pub type SessionPage = Page<(Session, bool)>;
+
+impl Domain {
+    /// The principal behind `token`, if it holds every scope in `required`.
+    ///
+    /// # Errors
+    /// As [`super::Validator::validate`].
+    pub async fn validate_token(&self, token: &str, required: &[String]) -> Result<Principal> {
+        self.validator
+            .validate(token, required, self.clock.now())
+            .await
+    }
+
+    /// Exchanges a session token for a new one with a fresh expiry window.
+    ///
+    /// The old token keeps working until the grace ends. Refreshing with it
+    /// during the grace (a lost response) issues another new token; after the
+    /// grace it is taken as theft: the whole session is revoked.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for an invalid, expired or reused token.
+    pub async fn refresh(&self, token: &str) -> Result<IssuedSession> {
+        let parsed = self
+            .tokens
+            .parse(token)
+            .map_err(|_| AuthFailure::InvalidToken)?;
+        if parsed.kind != TokenKind::Session {
+            return Err(AuthFailure::InvalidToken.into());
+        }
+        // Two attempts: a concurrent refresh of the same token can win the
+        // compare-and-set, after which ours is a refresh within the grace.
+        for _ in 0..2 {
+            let now = self.clock.now();
+            let Some(found) = self.store.session_by_hash(&parsed.hash).await? else {
+                return Err(AuthFailure::InvalidToken.into());
+            };
+            let session = &found.session;
+            if session.state != SessionState::Active || found.user.disabled {
+                return Err(AuthFailure::InvalidToken.into());
+            }
+            let (expected, previous_hash, previous_valid_until) = if found.matched_previous {
+                let grace_end = session
+                    .previous_valid_until
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                if now >= grace_end {
+                    self.store
+                        .revoke_session(session.id, "refresh_token_reuse", now)
+                        .await?;
+                    self.validator.forget_session(session.id);
+                    tracing::warn!(
+                        session_id = session.id,
+                        user_id = found.user.id,
+                        "refresh token reused after its grace; session revoked"
+                    );
+                    return Err(AuthFailure::RefreshReuse.into());
+                }
+                // Keep the presented token's grace; the token issued by the
+                // lost refresh is replaced.
+                (found.current_hash, parsed.hash, grace_end)
+            } else {
+                (parsed.hash, parsed.hash, now + self.settings.refresh_grace)
+            };
+            if now >= session.expires_at || now >= session.absolute_expires_at {
+                return Err(AuthFailure::Expired.into());
+            }
+            let expires_at = (now + session.lifetime).min(session.absolute_expires_at);
+            let (new_token, new_hash) = self.tokens.generate(TokenKind::Session)?;
+            let applied = self
+                .store
+                .rotate_session(Rotation {
+                    session_id: session.id,
+                    expected,
+                    new_hash,
+                    previous_hash,
+                    previous_valid_until: previous_valid_until.min(expires_at),
+                    expires_at,
+                })
+                .await?;
+            if applied {
+                self.validator.forget_session(session.id);
+                return Ok(IssuedSession {
+                    token: new_token,
+                    session_id: session.id,
+                    expires_at,
+                    user: found.user,
+                });
+            }
+        }
+        Err(Error::Overloaded {
+            what: "session refresh",
+            retry_after: std::time::Duration::from_secs(1),
+        })
+    }
+
+    /// Ends the session `token` belongs to. Idempotent for a session that is
+    /// already revoked.
+    ///
+    /// # Errors
+    /// `Unauthenticated` for a token that names no session.
+    pub async fn logout(&self, token: &str) -> Result<()> {
+        let parsed = self
+            .tokens
+            .parse(token)
+            .map_err(|_| AuthFailure::InvalidToken)?;
+        if !matches!(parsed.kind, TokenKind::Session | TokenKind::MfaPending) {
+            return Err(AuthFailure::InvalidToken.into());
+        }
+        let Some(found) = self.store.session_by_hash(&parsed.hash).await? else {
+            return Err(AuthFailure::InvalidToken.into());
+        };
+        let now = self.clock.now();
+        self.store
+            .revoke_session(found.session.id, "logout", now)
+            .await?;
+        self.validator.forget_session(found.session.id);
+        Ok(())
+    }
+
+    /// Lists a user's active sessions (`user_id` 0: the caller's own).
+    ///
+    /// # Errors
+    /// `Forbidden` for another user's sessions without the sessions-read
+    /// scope; `InvalidArgument` for a bad page token.
+    pub async fn list_sessions(
+        &self,
+        caller: &Principal,
+        user_id: i64,
+        requested_page_size: i32,
+        token: &str,
+    ) -> Result<SessionPage> {
+        let user_id = target_user(caller, user_id, scope::SESSIONS_READ)?;
+        let before = parse_page_token(token)?;
+        let limit = page_size(requested_page_size, 50, 500);
+        let now = self.clock.now();
+        let sessions = self
+            .store
+            .list_active_sessions(user_id, now, before, limit + 1)
+            .await?;
+        let more = sessions.len() as u64 > limit;
+        let items: Vec<_> = sessions
+            .into_iter()
+            .take(limit as usize)
+            .map(|session| {
+                let current = caller.session_id() == Some(session.id);
+                (session, current)
+            })
+            .collect();
+        let next_page_token = if more {
+            items.last().map(|(s, _)| page_token(s.id))
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Revokes one session: the caller's own, or any with the sessions-write
+    /// scope. Idempotent for an already revoked session.
+    ///
+    /// # Errors
+    /// `NotFound` when the session does not exist or is another user's and
+    /// the caller may not manage it.
+    pub async fn revoke_session(&self, caller: &Principal, session_id: i64) -> Result<()> {
+        if session_id <= 0 {
+            return Err(Error::invalid(
+                "session_id",
+                "must be a positive session id",
+            ));
+        }
+        let session = self.store.session(session_id).await?;
+        let allowed = caller.has_scope(scope::SESSIONS_WRITE);
+        let Some(session) = session.filter(|s| allowed || s.user_id == caller.user_id) else {
+            return Err(Error::NotFound("session"));
+        };
+        let now = self.clock.now();
+        self.store
+            .revoke_session(session.id, "revoked", now)
+            .await?;
+        self.validator.forget_session(session.id);
+        Ok(())
+    }
+
+    /// Revokes all sessions of a user (`user_id` 0: the caller), or all but
+    /// the caller's own with `keep_current`.
+    ///
+    /// # Errors
+    /// `Forbidden` for another user without the sessions-write scope;
+    /// `InvalidArgument` for `keep_current` from a caller that is not a
+    /// session.
+    pub async fn revoke_sessions(
+        &self,
+        caller: &Principal,
+        user_id: i64,
+        keep_current: bool,
+    ) -> Result<(u64, DateTime<Utc>)> {
+        let user_id = target_user(caller, user_id, scope::SESSIONS_WRITE)?;
+        let keep = if keep_current {
+            match caller.session_id() {
+                Some(id) if user_id == caller.user_id => Some(id),
+                _ => {
+                    return Err(Error::invalid(
+                        "keep_current",
+                        "only a session can keep itself, and only among its own user's sessions",
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let now = self.clock.now();
+        let count = self
+            .store
+            .revoke_user_sessions(user_id, keep, "revoked", now)
+            .await?;
+        self.validator.forget_user(user_id);
+        Ok((count, now))
+    }
+}
+
+/// Resolves `user_id` 0 to the caller, and checks `needed` for others.
+pub(super) fn target_user(caller: &Principal, user_id: i64, needed: &str) -> Result<i64> {
+    match user_id {
+        0 => Ok(caller.user_id),
+        id if id == caller.user_id => Ok(id),
+        id if id < 0 => Err(Error::invalid(
+            "user_id",
+            "must be a positive user id, or 0 for yourself",
+        )),
+        id => {
+            caller.require(needed)?;
+            Ok(id)
+        }
+    }
+}

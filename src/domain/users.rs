@@ -1,0 +1,213 @@
+//! User accounts and passwords.
+
+use super::{
+    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, page_size, page_token,
+    parse_page_token, password::Password, scope,
+};
+use crate::store::NewUser;
+
+/// A page of users.
+pub type UserPage = Page<User>;
+
+/// A user to create, as the client sent it.
+pub struct NewUserInput {
+    /// Email as typed.
+    pub email: String,
+    /// Initial password.
+    pub password: String,
+    /// Role.
+    pub role: Role,
+    /// Per-user session lifetime.
+    pub session_lifetime: Option<chrono::Duration>,
+}
+
+/// Changes to a user; `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct UserPatch {
+    /// New role.
+    pub role: Option<Role>,
+    /// New disabled flag.
+    pub disabled: Option<bool>,
+    /// New session lifetime; `Some(None)` clears the override.
+    pub session_lifetime: Option<Option<chrono::Duration>>,
+}
+
+impl Domain {
+    /// Creates a user.
+    ///
+    /// # Errors
+    /// `Forbidden` without the users-write scope, `InvalidArgument` for bad
+    /// input, `AlreadyExists` for a taken email.
+    pub async fn create_user(&self, caller: &Principal, input: NewUserInput) -> Result<User> {
+        caller.require(scope::USERS_WRITE)?;
+        self.create_user_unchecked(input).await
+    }
+
+    /// Creates a user without a caller: the CLI's bootstrap of the first admin.
+    ///
+    /// # Errors
+    /// As [`Domain::create_user`], without the scope check.
+    pub async fn create_user_unchecked(&self, input: NewUserInput) -> Result<User> {
+        let email = Email::parse(&input.email, "email")?;
+        let password = Password::parse(&input.password, "password")?;
+        if let Some(lifetime) = input.session_lifetime {
+            self.check_lifetime(lifetime)?;
+        }
+        let password_hash = self.hasher.hash(password).await?;
+        let user = self
+            .store
+            .insert_user(NewUser {
+                email,
+                password_hash,
+                role: input.role,
+                session_lifetime: input.session_lifetime,
+                now: self.clock.now(),
+            })
+            .await?;
+        tracing::info!(user_id = user.id, role = user.role.as_str(), "user created");
+        Ok(user)
+    }
+
+    /// One user: the caller itself, or any with the users-read scope.
+    ///
+    /// # Errors
+    /// `Forbidden` or `NotFound`.
+    pub async fn get_user(&self, caller: &Principal, user_id: i64) -> Result<User> {
+        let user_id = super::sessions::target_user(caller, user_id, scope::USERS_READ)?;
+        self.store
+            .user(user_id)
+            .await?
+            .ok_or(Error::NotFound("user"))
+    }
+
+    /// Users by ascending id.
+    ///
+    /// # Errors
+    /// `Forbidden` without the users-read scope; `InvalidArgument` for a bad
+    /// page token.
+    pub async fn list_users(
+        &self,
+        caller: &Principal,
+        requested_page_size: i32,
+        token: &str,
+    ) -> Result<UserPage> {
+        caller.require(scope::USERS_READ)?;
+        let after = parse_page_token(token)?;
+        let limit = page_size(requested_page_size, 50, 500);
+        let users = self.store.list_users(after, limit + 1).await?;
+        let more = users.len() as u64 > limit;
+        let items: Vec<User> = users.into_iter().take(limit as usize).collect();
+        let next_page_token = if more {
+            items.last().map(|u| page_token(u.id))
+        } else {
+            None
+        };
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Changes a user. Disabling revokes every session at once.
+    ///
+    /// # Errors
+    /// `Forbidden`, `InvalidArgument`, `NotFound`.
+    pub async fn update_user(
+        &self,
+        caller: &Principal,
+        user_id: i64,
+        patch: UserPatch,
+    ) -> Result<User> {
+        caller.require(scope::USERS_WRITE)?;
+        if user_id <= 0 {
+            return Err(Error::invalid("user.id", "must be a positive user id"));
+        }
+        if let Some(Some(lifetime)) = patch.session_lifetime {
+            self.check_lifetime(lifetime)?;
+        }
+        let user = self
+            .store
+            .update_user(user_id, &patch, self.clock.now())
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+        // Role and disabled flag are cached with each token.
+        self.validator.forget_user(user_id);
+        tracing::info!(user_id, "user updated");
+        Ok(user)
+    }
+
+    /// Changes the caller's own password; revokes its other sessions.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad new password or a caller that is not a
+    /// session; `Unauthenticated(WrongPassword)` for a wrong current one.
+    pub async fn change_password(
+        &self,
+        caller: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<u64> {
+        let Some(session_id) = caller.session_id() else {
+            return Err(Error::Forbidden {
+                message: "ChangePassword needs the user's own session".into(),
+                missing_scope: None,
+            });
+        };
+        let current = Password::parse(current, "current_password")?;
+        let new = Password::parse(new, "new_password")?;
+        let stored = self.store.password_hash(caller.user_id).await?;
+        if !self
+            .hasher
+            .verify(&current, stored.as_deref())
+            .await?
+            .matched
+        {
+            return Err(AuthFailure::WrongPassword.into());
+        }
+        let hash = self.hasher.hash(new).await?;
+        let revoked = self
+            .store
+            .set_password(caller.user_id, hash, Some(session_id), self.clock.now())
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+        self.validator.forget_user(caller.user_id);
+        tracing::info!(user_id = caller.user_id, revoked, "password changed");
+        Ok(revoked)
+    }
+
+    /// Sets a user's password (admin reset); revokes all its sessions.
+    ///
+    /// # Errors
+    /// `Forbidden`, `InvalidArgument`, `NotFound`.
+    pub async fn set_password(&self, caller: &Principal, user_id: i64, new: &str) -> Result<u64> {
+        caller.require(scope::USERS_WRITE)?;
+        if user_id <= 0 {
+            return Err(Error::invalid("user_id", "must be a positive user id"));
+        }
+        let new = Password::parse(new, "new_password")?;
+        if self.store.user(user_id).await?.is_none() {
+            return Err(Error::NotFound("user"));
+        }
+        let hash = self.hasher.hash(new).await?;
+        let revoked = self
+            .store
+            .set_password(user_id, hash, None, self.clock.now())
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+        self.validator.forget_user(user_id);
+        tracing::info!(user_id, revoked, "password set");
+        Ok(revoked)
+    }
+
+    fn check_lifetime(&self, lifetime: chrono::Duration) -> Result<()> {
+        if lifetime < chrono::Duration::minutes(1)
+            || lifetime > self.settings.session_absolute_lifetime
+        {
+            return Err(Error::invalid(
+                "session_lifetime",
+                "must be between 1 minute and the absolute session lifetime",
+            ));
+        }
+        Ok(())
+    }
+}

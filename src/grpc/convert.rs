@@ -1,0 +1,199 @@
+//! Conversions between proto messages and domain records. Domain → proto
+//! conversions destructure every field, so a new field breaks the build
+//! until it is mapped.
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+
+use crate::{
+    domain::{self, AuthMethod, CredentialId, Error, Result, Role},
+    proto::v1 as pb,
+};
+
+/// A timestamp for the wire.
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A duration for the wire.
+pub fn duration(d: chrono::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
+/// Reads an optional wire duration; `field` names it in errors.
+pub fn duration_from(
+    d: Option<prost_types::Duration>,
+    field: &'static str,
+) -> Result<Option<chrono::Duration>> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must be a non-negative duration"));
+    }
+    chrono::Duration::try_seconds(d.seconds)
+        .and_then(|s| s.checked_add(&chrono::Duration::nanoseconds(i64::from(d.nanos))))
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "is too large"))
+}
+
+/// Reads a wire role; `field` names it in errors. Unspecified gives
+/// `default`, or an error when there is none.
+pub fn role_from(value: i32, field: &'static str, default: Option<Role>) -> Result<Role> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::User) => Ok(Role::User),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Unspecified) => default.ok_or_else(|| Error::invalid(field, "must be set")),
+        Err(_) => Err(Error::invalid(field, format!("unknown role value {value}"))),
+    }
+}
+
+impl From<Role> for pb::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => pb::Role::User,
+            Role::Admin => pb::Role::Admin,
+        }
+    }
+}
+
+impl From<AuthMethod> for pb::AuthMethod {
+    fn from(method: AuthMethod) -> Self {
+        match method {
+            AuthMethod::Password => pb::AuthMethod::Password,
+            AuthMethod::Totp => pb::AuthMethod::Totp,
+            AuthMethod::EmailCode => pb::AuthMethod::EmailCode,
+            AuthMethod::RecoveryCode => pb::AuthMethod::RecoveryCode,
+            AuthMethod::AdminLogin => pb::AuthMethod::AdminLogin,
+        }
+    }
+}
+
+fn methods(list: &[AuthMethod]) -> Vec<i32> {
+    list.iter()
+        .map(|m| pb::AuthMethod::from(*m) as i32)
+        .collect()
+}
+
+impl From<domain::User> for pb::User {
+    fn from(user: domain::User) -> Self {
+        let domain::User {
+            id,
+            email,
+            role,
+            disabled,
+            session_lifetime,
+            created_at,
+            updated_at,
+        } = user;
+        pb::User {
+            id,
+            email: email.as_str().to_owned(),
+            role: pb::Role::from(role) as i32,
+            disabled,
+            session_lifetime: session_lifetime.map(duration),
+            create_time: Some(timestamp(created_at)),
+            update_time: Some(timestamp(updated_at)),
+        }
+    }
+}
+
+impl From<domain::Principal> for pb::Principal {
+    fn from(principal: domain::Principal) -> Self {
+        let domain::Principal {
+            credential,
+            user_id,
+            email,
+            role,
+            scopes,
+            expires_at,
+            auth_methods,
+        } = principal;
+        let (kind, credential_id) = match credential {
+            CredentialId::Session(id) => (
+                pb::PrincipalKind::Session,
+                pb::principal::CredentialId::SessionId(id),
+            ),
+            CredentialId::ApiKey(id) => (
+                pb::PrincipalKind::ApiKey,
+                pb::principal::CredentialId::KeyId(id),
+            ),
+        };
+        pb::Principal {
+            kind: kind as i32,
+            user_id,
+            email: email.as_str().to_owned(),
+            role: pb::Role::from(role) as i32,
+            credential_id: Some(credential_id),
+            scopes,
+            expire_time: expires_at.map(timestamp),
+            auth_methods: methods(&auth_methods),
+        }
+    }
+}
+
+/// A session for the wire, marked `current` when it made the request.
+pub fn session(session: domain::Session, current: bool) -> pb::Session {
+    let domain::Session {
+        id,
+        user_id,
+        state: _,
+        lifetime: _,
+        created_at,
+        last_seen_at,
+        expires_at,
+        absolute_expires_at,
+        previous_valid_until: _,
+        client,
+        auth_methods,
+    } = session;
+    pb::Session {
+        id,
+        user_id,
+        create_time: Some(timestamp(created_at)),
+        last_seen_time: Some(timestamp(last_seen_at)),
+        expire_time: Some(timestamp(expires_at)),
+        absolute_expire_time: Some(timestamp(absolute_expires_at)),
+        ip: client.ip,
+        user_agent: client.user_agent,
+        device_label: client.device_label,
+        auth_methods: methods(&auth_methods),
+        current,
+    }
+}
+
+impl From<domain::IssuedSession> for pb::IssuedSession {
+    fn from(issued: domain::IssuedSession) -> Self {
+        let domain::IssuedSession {
+            token,
+            session_id,
+            expires_at,
+            user,
+        } = issued;
+        pb::IssuedSession {
+            token: token.expose_secret().to_owned(),
+            expire_time: Some(timestamp(expires_at)),
+            session_id,
+            user: Some(user.into()),
+        }
+    }
+}
+
+impl From<pb::ClientInfo> for domain::ClientInfo {
+    fn from(client: pb::ClientInfo) -> Self {
+        let pb::ClientInfo {
+            ip,
+            user_agent,
+            device_label,
+        } = client;
+        domain::ClientInfo {
+            ip,
+            user_agent,
+            device_label,
+        }
+    }
+}

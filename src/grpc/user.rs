@@ -1,0 +1,184 @@
+//! `portcullis.v1.UserService`: accounts and passwords.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{caller, convert, to_status};
+use crate::{
+    domain::{Domain, Error, NewUserInput, Role, UserPatch},
+    proto::v1::{self as pb, user_service_server},
+};
+
+/// The UserService implementation.
+#[derive(Clone)]
+pub struct UserService {
+    domain: Arc<Domain>,
+}
+
+impl UserService {
+    /// Serves the rules in `domain`.
+    #[must_use]
+    pub fn new(domain: Arc<Domain>) -> Self {
+        Self { domain }
+    }
+}
+
+#[tonic::async_trait]
+impl user_service_server::UserService for UserService {
+    #[tracing::instrument(skip_all)]
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::CreateUserRequest {
+            email,
+            password,
+            role,
+            session_lifetime,
+        } = request.into_inner();
+        let input = NewUserInput {
+            email,
+            password,
+            role: convert::role_from(role, "role", Some(Role::User)).map_err(to_status)?,
+            session_lifetime: convert::duration_from(session_lifetime, "session_lifetime")
+                .map_err(to_status)?,
+        };
+        let user = self
+            .domain
+            .create_user(&caller, input)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::CreateUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::GetUserRequest { user_id } = request.into_inner();
+        let user = self
+            .domain
+            .get_user(&caller, user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::ListUsersRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = self
+            .domain
+            .list_users(&caller, page_size, &page_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::UpdateUserResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::UpdateUserRequest { user, update_mask } = request.into_inner();
+        let user = user.ok_or_else(|| to_status(Error::invalid("user", "must be set")))?;
+        let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(to_status(Error::invalid(
+                "update_mask",
+                "must name at least one field",
+            )));
+        }
+        let mut patch = UserPatch::default();
+        for path in &paths {
+            match path.as_str() {
+                "role" => {
+                    patch.role =
+                        Some(convert::role_from(user.role, "user.role", None).map_err(to_status)?);
+                }
+                "disabled" => patch.disabled = Some(user.disabled),
+                "session_lifetime" => {
+                    patch.session_lifetime = Some(
+                        convert::duration_from(user.session_lifetime, "user.session_lifetime")
+                            .map_err(to_status)?,
+                    );
+                }
+                other => {
+                    return Err(to_status(Error::invalid(
+                        "update_mask",
+                        format!(
+                            "{other:?} cannot be updated; use role, disabled or session_lifetime"
+                        ),
+                    )));
+                }
+            }
+        }
+        let user = self
+            .domain
+            .update_user(&caller, user.id, patch)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UpdateUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::ChangePasswordRequest {
+            current_password,
+            new_password,
+        } = request.into_inner();
+        let revoked = self
+            .domain
+            .change_password(&caller, &current_password, &new_password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            revoked_sessions: revoked as i64,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Result<Response<pb::SetPasswordResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::SetPasswordRequest {
+            user_id,
+            new_password,
+        } = request.into_inner();
+        let revoked = self
+            .domain
+            .set_password(&caller, user_id, &new_password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SetPasswordResponse {
+            revoked_sessions: revoked as i64,
+        }))
+    }
+}

@@ -1,0 +1,25 @@
+//! portcullis: an authentication microservice with a gRPC API.
+//!
+//! Layers, outermost first: [`grpc`] (tonic services, proto conversion, the
+//! one error-to-status mapping) → [`domain`] (the rules) → [`store`]
+//! (sea-orm). [`app`] wires them and runs the server; `main` is a thin CLI.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod store;
+pub mod telemetry;
+
+/// Code generated from `proto/` by `build.rs`.
+pub mod proto {
+    /// The `portcullis.v1` package.
+    #[allow(clippy::pedantic, clippy::nursery, missing_docs)]
+    pub mod v1 {
+        tonic::include_proto!("portcullis.v1");
+    }
+
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("portcullis_descriptor");
+}

@@ -1,0 +1,149 @@
+//! The `portcullis` command: parse arguments, load configuration, call `app`.
+
+use std::{io::BufRead as _, path::PathBuf, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::{
+    app::{self, App},
+    config::Config,
+    domain::{NewUserInput, Role, SystemClock},
+    telemetry,
+};
+use tokio::net::TcpListener;
+
+/// portcullis: authentication for internal services, over gRPC.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file; settings there are overridden by
+    /// `PORTCULLIS_*` environment variables.
+    #[arg(long, short, global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server (migrating the database first unless
+    /// `migrate_on_start` is off). Stops gracefully on SIGTERM or Ctrl-C.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage users from the command line (for bootstrapping).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user, e.g. the first admin of a fresh deployment. The password
+    /// is read from a prompt, from standard input with `--password-stdin`, or
+    /// from `PORTCULLIS_USER_PASSWORD`.
+    Create {
+        /// The user's email address.
+        #[arg(long)]
+        email: String,
+        /// The user's role.
+        #[arg(long, value_enum, default_value_t = CliRole::User)]
+        role: CliRole,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliRole {
+    User,
+    Admin,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    telemetry::init(&config);
+    match cli.command {
+        Command::Serve => {
+            let listener = TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| format!("binding listen_addr {}", config.listen_addr))?;
+            app::run(listener, config, shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let store = portcullis::store::Store::connect(&config.database_url, 1).await?;
+            store.migrate().await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::User(UserCommand::Create {
+            email,
+            role,
+            password_stdin,
+        }) => {
+            let password = read_password(password_stdin)?;
+            let app = App::build(config, Arc::new(SystemClock)).await?;
+            let role = match role {
+                CliRole::User => Role::User,
+                CliRole::Admin => Role::Admin,
+            };
+            let user = app
+                .domain()
+                .create_user_unchecked(NewUserInput {
+                    email,
+                    password,
+                    role,
+                    session_lifetime: None,
+                })
+                .await?;
+            println!(
+                "created user {} <{}> with role {}",
+                user.id,
+                user.email.as_str(),
+                role.as_str()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The new user's password: environment, standard input, or a prompt.
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var("PORTCULLIS_USER_PASSWORD") {
+        return Ok(password);
+    }
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Repeat password: ")?;
+    if first != second {
+        bail!("the passwords do not match");
+    }
+    Ok(first)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing calls in flight");
+}

@@ -1,0 +1,90 @@
+//! sea-orm entities, one module per table. The schema itself is defined by
+//! the migrations in `migrations/`.
+
+pub mod users {
+    //! The `users` table.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `users`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(unique)]
+        pub email: String,
+        pub password_hash: Option<String>,
+        pub role: String,
+        pub disabled: bool,
+        pub session_lifetime_secs: Option<i64>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    /// Relations of `users`.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        /// A user's sessions.
+        #[sea_orm(has_many = "super::sessions::Entity")]
+        Sessions,
+    }
+
+    impl Related<super::sessions::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Sessions.def()
+        }
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod sessions {
+    //! The `sessions` table.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `sessions`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub user_id: i64,
+        #[sea_orm(unique)]
+        pub token_hash: Vec<u8>,
+        pub previous_token_hash: Option<Vec<u8>>,
+        pub previous_valid_until: Option<DateTimeUtc>,
+        pub state: String,
+        pub lifetime_secs: i64,
+        pub created_at: DateTimeUtc,
+        pub last_seen_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub absolute_expires_at: DateTimeUtc,
+        pub ip: String,
+        pub user_agent: String,
+        pub device_label: String,
+        pub auth_methods: String,
+        pub revoked_at: Option<DateTimeUtc>,
+        pub revoke_reason: Option<String>,
+    }
+
+    /// Relations of `sessions`.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        /// The session's user.
+        #[sea_orm(
+            belongs_to = "super::users::Entity",
+            from = "Column::UserId",
+            to = "super::users::Column::Id",
+            on_delete = "Cascade"
+        )]
+        User,
+    }
+
+    impl Related<super::users::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::User.def()
+        }
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

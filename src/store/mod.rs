@@ -1,0 +1,83 @@
+//! Persistence: sea-orm entities and the queries the rules need, on SQLite or
+//! PostgreSQL. Returns the plain records of `domain`; no sea-orm type leaves
+//! this module. Every database failure becomes `domain::Error::Unavailable`
+//! (or `AlreadyExists` for a unique-key clash), so a fault is never read as
+//! "valid".
+
+mod entity;
+mod sessions;
+mod users;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+
+use crate::domain::Error;
+
+pub use sessions::{NewSession, Rotation, SessionMatch};
+pub use users::NewUser;
+
+/// The database, behind the queries portcullis needs.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (SQLite or PostgreSQL) with a pool of at most
+    /// `max_connections`.
+    ///
+    /// # Errors
+    /// The database cannot be reached or the URL is not understood.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        if url.starts_with("sqlite:") {
+            // WAL lets readers (ValidateToken) proceed while a login writes.
+            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        }
+        Ok(Self { db })
+    }
+
+    /// Applies every pending migration.
+    ///
+    /// # Errors
+    /// A migration failed; nothing of it was applied on PostgreSQL.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(unavailable)
+    }
+
+    /// Closes the pool.
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+/// Maps any database failure to `Unavailable` (fail closed).
+pub(crate) fn unavailable(err: DbErr) -> Error {
+    Error::Unavailable(Box::new(err))
+}
+
+/// Maps a unique-key clash to `AlreadyExists(what)`, anything else to
+/// `Unavailable`.
+pub(crate) fn conflict_or_unavailable(what: &'static str) -> impl FnOnce(DbErr) -> Error {
+    move |err| match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => Error::AlreadyExists(what),
+        _ => unavailable(err),
+    }
+}

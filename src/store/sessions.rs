@@ -1,0 +1,316 @@
+//! Queries on `sessions`.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+};
+
+use super::{
+    Store, conflict_or_unavailable,
+    entity::{sessions, users},
+    unavailable,
+};
+use crate::domain::{
+    AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash,
+};
+
+/// A session to insert.
+pub struct NewSession {
+    /// Owner.
+    pub user_id: i64,
+    /// Hash of its first token.
+    pub token_hash: TokenHash,
+    /// Initial state.
+    pub state: SessionState,
+    /// Lifetime of each refresh window.
+    pub lifetime: chrono::Duration,
+    /// Login time.
+    pub now: DateTime<Utc>,
+    /// Expiry of the first token.
+    pub expires_at: DateTime<Utc>,
+    /// Latest possible expiry.
+    pub absolute_expires_at: DateTime<Utc>,
+    /// Client.
+    pub client: ClientInfo,
+    /// How it was authenticated.
+    pub auth_methods: Vec<AuthMethod>,
+}
+
+/// A session found by one of its token hashes, with its user.
+#[derive(Debug)]
+pub struct SessionMatch {
+    /// The session.
+    pub session: Session,
+    /// Its user.
+    pub user: User,
+    /// True when the hash was the previous (refreshed-away) token's.
+    pub matched_previous: bool,
+    /// The hash of the session's current token.
+    pub current_hash: TokenHash,
+}
+
+/// A token rotation to apply if the session still has `expected` as its
+/// current token.
+pub struct Rotation {
+    /// The session.
+    pub session_id: i64,
+    /// The token hash the caller saw as current.
+    pub expected: TokenHash,
+    /// The new current token hash.
+    pub new_hash: TokenHash,
+    /// The hash that stays valid during the grace.
+    pub previous_hash: TokenHash,
+    /// End of that grace.
+    pub previous_valid_until: DateTime<Utc>,
+    /// The new token's expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl TryFrom<sessions::Model> for Session {
+    type Error = Error;
+
+    fn try_from(model: sessions::Model) -> Result<Self> {
+        let sessions::Model {
+            id,
+            user_id,
+            token_hash: _,
+            previous_token_hash: _,
+            previous_valid_until,
+            state,
+            lifetime_secs,
+            created_at,
+            last_seen_at,
+            expires_at,
+            absolute_expires_at,
+            ip,
+            user_agent,
+            device_label,
+            auth_methods,
+            revoked_at: _,
+            revoke_reason: _,
+        } = model;
+        Ok(Session {
+            id,
+            user_id,
+            state: SessionState::from_stored(&state)?,
+            lifetime: chrono::Duration::seconds(lifetime_secs),
+            created_at,
+            last_seen_at,
+            expires_at,
+            absolute_expires_at,
+            previous_valid_until,
+            client: ClientInfo {
+                ip,
+                user_agent,
+                device_label,
+            },
+            auth_methods: AuthMethod::parse_list(&auth_methods),
+        })
+    }
+}
+
+impl Store {
+    /// Inserts a session.
+    pub async fn insert_session(&self, new: NewSession) -> Result<Session> {
+        sessions::ActiveModel {
+            user_id: Set(new.user_id),
+            token_hash: Set(new.token_hash.0.to_vec()),
+            previous_token_hash: Set(None),
+            previous_valid_until: Set(None),
+            state: Set(new.state.as_str().to_owned()),
+            lifetime_secs: Set(new.lifetime.num_seconds()),
+            created_at: Set(new.now),
+            last_seen_at: Set(new.now),
+            expires_at: Set(new.expires_at),
+            absolute_expires_at: Set(new.absolute_expires_at),
+            ip: Set(new.client.ip),
+            user_agent: Set(new.client.user_agent),
+            device_label: Set(new.client.device_label),
+            auth_methods: Set(AuthMethod::join(&new.auth_methods)),
+            revoked_at: Set(None),
+            revoke_reason: Set(None),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await
+        .map_err(conflict_or_unavailable("session"))?
+        .try_into()
+    }
+
+    /// The session whose current or previous token hash is `hash`, with its
+    /// user. One indexed read.
+    pub async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>> {
+        let bytes = hash.0.to_vec();
+        let found = sessions::Entity::find()
+            .filter(
+                Condition::any()
+                    .add(sessions::Column::TokenHash.eq(bytes.clone()))
+                    .add(sessions::Column::PreviousTokenHash.eq(bytes.clone())),
+            )
+            .find_also_related(users::Entity)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?;
+        let Some((session, Some(user))) = found else {
+            return Ok(None);
+        };
+        let matched_previous = session.token_hash != bytes;
+        let current_hash = TokenHash(
+            session
+                .token_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Internal("stored token hash is not 32 bytes".into()))?,
+        );
+        Ok(Some(SessionMatch {
+            current_hash,
+            session: session.try_into()?,
+            user: user.try_into()?,
+            matched_previous,
+        }))
+    }
+
+    /// Applies a rotation if the session's current token is still the one
+    /// expected (compare-and-set). Returns whether it was applied.
+    pub async fn rotate_session(&self, rotation: Rotation) -> Result<bool> {
+        let result = sessions::Entity::update_many()
+            .col_expr(
+                sessions::Column::TokenHash,
+                Expr::value(rotation.new_hash.0.to_vec()),
+            )
+            .col_expr(
+                sessions::Column::PreviousTokenHash,
+                Expr::value(Some(rotation.previous_hash.0.to_vec())),
+            )
+            .col_expr(
+                sessions::Column::PreviousValidUntil,
+                Expr::value(Some(rotation.previous_valid_until)),
+            )
+            .col_expr(
+                sessions::Column::ExpiresAt,
+                Expr::value(rotation.expires_at),
+            )
+            .filter(sessions::Column::Id.eq(rotation.session_id))
+            .filter(sessions::Column::TokenHash.eq(rotation.expected.0.to_vec()))
+            .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// The session with `id`.
+    pub async fn session(&self, id: i64) -> Result<Option<Session>> {
+        sessions::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(Session::try_from)
+            .transpose()
+    }
+
+    /// Revokes session `id` (no-op when already revoked). Returns whether a
+    /// row was changed.
+    pub async fn revoke_session(&self, id: i64, reason: &str, now: DateTime<Utc>) -> Result<bool> {
+        let result = revoke_where(
+            &self.db,
+            Condition::all().add(sessions::Column::Id.eq(id)),
+            reason,
+            now,
+        )
+        .await?;
+        Ok(result > 0)
+    }
+
+    /// Revokes every live session of `user_id` except `keep`.
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: i64,
+        keep: Option<i64>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        revoke_user_sessions_in(&self.db, user_id, keep, reason, now).await
+    }
+
+    /// Active, unexpired sessions of `user_id`, newest first, before `before`.
+    pub async fn list_active_sessions(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<Session>> {
+        let mut query = sessions::Entity::find()
+            .filter(sessions::Column::UserId.eq(user_id))
+            .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
+            .filter(sessions::Column::ExpiresAt.gt(now))
+            .order_by_desc(sessions::Column::Id)
+            .limit(limit);
+        if let Some(before) = before {
+            query = query.filter(sessions::Column::Id.lt(before));
+        }
+        query
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(Session::try_from)
+            .collect()
+    }
+
+    /// Records last-seen times (coarse; written in batches off the hot path).
+    pub async fn touch_sessions(&self, seen: &[(i64, DateTime<Utc>)]) -> Result<()> {
+        for (id, at) in seen {
+            sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastSeenAt, Expr::value(*at))
+                .filter(sessions::Column::Id.eq(*id))
+                .filter(sessions::Column::LastSeenAt.lt(*at))
+                .exec(&self.db)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
+
+/// Revokes the live sessions of `user_id` except `keep`, on `conn` (which may
+/// be a transaction).
+pub(crate) async fn revoke_user_sessions_in<C: ConnectionTrait>(
+    conn: &C,
+    user_id: i64,
+    keep: Option<i64>,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id));
+    if let Some(keep) = keep {
+        condition = condition.add(sessions::Column::Id.ne(keep));
+    }
+    revoke_where(conn, condition, reason, now).await
+}
+
+async fn revoke_where<C: ConnectionTrait>(
+    conn: &C,
+    condition: Condition,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let result = sessions::Entity::update_many()
+        .col_expr(
+            sessions::Column::State,
+            Expr::value(SessionState::Revoked.as_str()),
+        )
+        .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
+        .col_expr(
+            sessions::Column::RevokeReason,
+            Expr::value(Some(reason.to_owned())),
+        )
+        .filter(condition)
+        .filter(sessions::Column::State.ne(SessionState::Revoked.as_str()))
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(result.rows_affected)
+}

@@ -1,0 +1,206 @@
+//! Queries on `users`.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+
+use super::{
+    Store, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
+};
+use crate::domain::{Email, Error, Result, Role, User, UserPatch};
+
+/// A user to insert.
+pub struct NewUser {
+    /// Normalised email.
+    pub email: Email,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    /// Role.
+    pub role: Role,
+    /// Per-user session lifetime.
+    pub session_lifetime: Option<chrono::Duration>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+}
+
+impl TryFrom<users::Model> for User {
+    type Error = Error;
+
+    fn try_from(model: users::Model) -> Result<Self> {
+        let users::Model {
+            id,
+            email,
+            password_hash: _,
+            role,
+            disabled,
+            session_lifetime_secs,
+            created_at,
+            updated_at,
+        } = model;
+        Ok(User {
+            id,
+            email: Email::from_stored(email),
+            role: Role::from_stored(&role)?,
+            disabled,
+            session_lifetime: session_lifetime_secs.map(chrono::Duration::seconds),
+            created_at,
+            updated_at,
+        })
+    }
+}
+
+impl Store {
+    /// Inserts a user.
+    ///
+    /// # Errors
+    /// `AlreadyExists("user")` when the email is taken.
+    pub async fn insert_user(&self, new: NewUser) -> Result<User> {
+        let model = users::ActiveModel {
+            email: Set(new.email.as_str().to_owned()),
+            password_hash: Set(Some(new.password_hash)),
+            role: Set(new.role.as_str().to_owned()),
+            disabled: Set(false),
+            session_lifetime_secs: Set(new.session_lifetime.map(|d| d.num_seconds())),
+            created_at: Set(new.now),
+            updated_at: Set(new.now),
+            ..Default::default()
+        }
+        .insert(&self.db)
+        .await
+        .map_err(conflict_or_unavailable("user"))?;
+        model.try_into()
+    }
+
+    /// The user with `id`.
+    pub async fn user(&self, id: i64) -> Result<Option<User>> {
+        users::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    /// The user with `email`, and its password hash.
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<(User, Option<String>)>> {
+        let Some(model) = users::Entity::find()
+            .filter(users::Column::Email.eq(email.as_str()))
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let hash = model.password_hash.clone();
+        Ok(Some((model.try_into()?, hash)))
+    }
+
+    /// The password hash of user `id`.
+    pub async fn password_hash(&self, id: i64) -> Result<Option<String>> {
+        Ok(users::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .and_then(|model| model.password_hash))
+    }
+
+    /// Users by ascending id, after `after`.
+    pub async fn list_users(&self, after: Option<i64>, limit: u64) -> Result<Vec<User>> {
+        let mut query = users::Entity::find()
+            .order_by_asc(users::Column::Id)
+            .limit(limit);
+        if let Some(after) = after {
+            query = query.filter(users::Column::Id.gt(after));
+        }
+        query
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(User::try_from)
+            .collect()
+    }
+
+    /// Applies `patch` to user `id`; disabling also revokes its sessions, in
+    /// the same transaction.
+    pub async fn update_user(
+        &self,
+        id: i64,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        let Some(existing) = users::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let mut model: users::ActiveModel = existing.into();
+        if let Some(role) = patch.role {
+            model.role = Set(role.as_str().to_owned());
+        }
+        if let Some(disabled) = patch.disabled {
+            model.disabled = Set(disabled);
+            if disabled {
+                revoke_user_sessions_in(&txn, id, None, "user_disabled", now).await?;
+            }
+        }
+        if let Some(lifetime) = patch.session_lifetime {
+            model.session_lifetime_secs = Set(lifetime.map(|d| d.num_seconds()));
+        }
+        model.updated_at = Set(now);
+        let updated = model.update(&txn).await.map_err(unavailable)?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some(updated.try_into()?))
+    }
+
+    /// Replaces a password hash with an upgraded one (same password).
+    pub async fn upgrade_password_hash(&self, id: i64, hash: String) -> Result<()> {
+        users::Entity::update_many()
+            .col_expr(
+                users::Column::PasswordHash,
+                sea_orm::sea_query::Expr::value(hash),
+            )
+            .filter(users::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Sets a new password hash and revokes the user's sessions except
+    /// `keep`, in one transaction. Returns how many were revoked, or `None`
+    /// when the user does not exist.
+    pub async fn set_password(
+        &self,
+        id: i64,
+        hash: String,
+        keep: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<u64>> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        let updated = users::Entity::update_many()
+            .col_expr(
+                users::Column::PasswordHash,
+                sea_orm::sea_query::Expr::value(hash),
+            )
+            .col_expr(
+                users::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(now),
+            )
+            .filter(users::Column::Id.eq(id))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        if updated.rows_affected == 0 {
+            return Ok(None);
+        }
+        let revoked = revoke_user_sessions_in(&txn, id, keep, "password_changed", now).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some(revoked))
+    }
+}
