@@ -25,9 +25,6 @@ use crate::{
     store::Store,
 };
 
-/// How often the health check asks the database whether it answers.
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-
 /// A wired portcullis: the rules over a migrated database.
 pub struct App {
     domain: Arc<Domain>,
@@ -91,16 +88,23 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self { domain, config } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let probe = tokio::spawn(probe_database(Arc::clone(&domain), health));
+        let probe = tokio::spawn(probe_database(
+            Arc::clone(&domain),
+            health,
+            config.health_probe_interval,
+        ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // So grpcurl can decode ErrorInfo, BadRequest and RetryInfo details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         // grpcurl 1.8 still asks the v1alpha reflection service.
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
         let max = config.max_message_bytes;
@@ -146,10 +150,10 @@ pub async fn run(
 }
 
 /// Reports NOT_SERVING while the database does not answer.
-async fn probe_database(domain: Arc<Domain>, health: HealthReporter) {
+async fn probe_database(domain: Arc<Domain>, health: HealthReporter, every: Duration) {
     let services = ["", "portcullis.v1.AuthService", "portcullis.v1.UserService"];
     let mut last = None;
-    let mut interval = tokio::time::interval(HEALTH_PROBE_INTERVAL);
+    let mut interval = tokio::time::interval(every);
     loop {
         interval.tick().await;
         let status = match domain.store().ping().await {

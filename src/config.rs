@@ -68,6 +68,9 @@ pub struct Config {
     /// Time limit for one request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How often the health service asks the database whether it answers.
+    #[serde(with = "humantime_serde")]
+    pub health_probe_interval: Duration,
     /// Log filter (`tracing` `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log_filter: String,
     /// `text` or `json`.
@@ -108,6 +111,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(10),
+            health_probe_interval: Duration::from_secs(5),
             log_filter: "info".into(),
             log_format: LogFormat::Text,
         }

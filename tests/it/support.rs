@@ -1,0 +1,378 @@
+//! `TestApp`: a real portcullis on a loopback port, over a fresh database,
+//! with a clock the test moves. `db_tests!` runs a test on both databases.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use portcullis::{
+    app::App,
+    config::Config,
+    domain::{Domain, ManualClock, NewUserInput, Role},
+    proto::v1::{
+        self as pb, auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+    },
+};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{
+    Code, Request, Status,
+    metadata::MetadataValue,
+    transport::{Channel, Endpoint},
+};
+use tonic_types::StatusExt;
+
+/// Runs each named `async fn(Backend)` as two tests: `<name>::sqlite` and
+/// `<name>::postgres`.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(backend) = $crate::support::Backend::postgres() {
+                    super::$name(backend).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// Which database a test runs on.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    Sqlite,
+    /// The server URL of a PostgreSQL where the test may create databases.
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL from `PORTCULLIS_TEST_DATABASE_URL`. Unset: skipped locally,
+    /// a failure in CI (where it must run).
+    pub fn postgres() -> Option<Self> {
+        match std::env::var("PORTCULLIS_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
+            _ if std::env::var_os("CI").is_some() => {
+                panic!(
+                    "PORTCULLIS_TEST_DATABASE_URL must be set in CI: the PostgreSQL tests must run"
+                )
+            }
+            _ => {
+                eprintln!("PORTCULLIS_TEST_DATABASE_URL is not set: skipping the PostgreSQL run");
+                None
+            }
+        }
+    }
+}
+
+/// A fresh database for one test.
+pub struct TestDb {
+    pub url: String,
+    /// For SQLite: the folder holding the file.
+    _dir: Option<tempfile::TempDir>,
+    /// For PostgreSQL: the server URL and the database name, to drop it.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn create(backend: &Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("portcullis.db").display()
+                );
+                Self {
+                    url,
+                    _dir: Some(dir),
+                    postgres: None,
+                }
+            }
+            Backend::Postgres(server) => {
+                let name = format!("portcullis_test_{}", random_suffix());
+                let admin = Database::connect(server)
+                    .await
+                    .expect("connect to PORTCULLIS_TEST_DATABASE_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                Self {
+                    url: with_database(server, &name),
+                    _dir: None,
+                    postgres: Some((server.clone(), name)),
+                }
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL test database (SQLite's folder goes with `Drop`).
+    pub async fn drop_database(&self) {
+        if let Some((server, name)) = &self.postgres {
+            let admin = Database::connect(server).await.unwrap();
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+        }
+    }
+}
+
+/// `postgres://…/db?x` with its database replaced by `name`.
+fn with_database(server: &str, name: &str) -> String {
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+fn random_suffix() -> String {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    SystemRandom::new().fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A test's start time: fixed, so expiry arithmetic is exact.
+pub fn epoch() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// The configuration tests run with, over `db`.
+pub fn test_config(db: &TestDb) -> Config {
+    Config {
+        database_url: db.url.clone(),
+        database_max_connections: 5,
+        health_probe_interval: Duration::from_millis(100),
+        ..Config::default()
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub clock: ManualClock,
+    pub domain: Arc<Domain>,
+    pub config: Config,
+    pub db: TestDb,
+    channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts on a fresh database of `backend` with the test configuration.
+    pub async fn start(backend: &Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Starts with the test configuration changed by `adjust`.
+    pub async fn start_with(backend: &Backend, adjust: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::create(backend).await;
+        let mut config = test_config(&db);
+        adjust(&mut config);
+        Self::start_on(db, config, ManualClock::new(epoch())).await
+    }
+
+    /// Starts on an existing database with `config` and `clock`.
+    pub async fn start_on(db: TestDb, config: Config, clock: ManualClock) -> Self {
+        let app = App::build(config.clone(), Arc::new(clock.clone()))
+            .await
+            .expect("build app");
+        let domain = Arc::clone(app.domain());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        Self {
+            addr,
+            clock,
+            domain,
+            config,
+            db,
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server and starts a new one on the same database (and the
+    /// same clock), with `config` changed by `adjust`.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> Self {
+        self.stop_server().await;
+        let mut config = self.config.clone();
+        adjust(&mut config);
+        let clock = self.clock.clone();
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDb {
+                url: String::new(),
+                _dir: None,
+                postgres: None,
+            },
+        );
+        Self::start_on(db, config, clock).await
+    }
+
+    async fn stop_server(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn stop(mut self) {
+        self.stop_server().await;
+        self.db.drop_database().await;
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a user directly through the rules (as the CLI does).
+    pub async fn create_user(&self, email: &str, password: &str, role: Role) -> i64 {
+        self.domain
+            .create_user_unchecked(NewUserInput {
+                email: email.into(),
+                password: password.into(),
+                role,
+                session_lifetime: None,
+            })
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Logs in over gRPC and returns the session.
+    pub async fn login(&self, email: &str, password: &str) -> pb::IssuedSession {
+        let response = self
+            .auth()
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        match response.result {
+            Some(pb::login_response::Result::Session(session)) => session,
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+
+    /// Creates an admin and returns its session token.
+    pub async fn admin_token(&self) -> String {
+        self.create_user("admin@example.com", ADMIN_PASSWORD, Role::Admin)
+            .await;
+        self.login("admin@example.com", ADMIN_PASSWORD).await.token
+    }
+
+    /// Validates a raw token.
+    pub async fn validate(&self, token: &str) -> Result<pb::Principal, Status> {
+        self.auth()
+            .validate_token(pb::ValidateTokenRequest {
+                credential: Some(pb::validate_token_request::Credential::Token(token.into())),
+                required_scopes: vec![],
+            })
+            .await
+            .map(|r| r.into_inner().principal.unwrap())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub const ADMIN_PASSWORD: &str = "admin password 123";
+pub const USER_PASSWORD: &str = "user password 456";
+
+/// `request` with `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, request: T) -> Request<T> {
+    let mut request = Request::new(request);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Asserts a status's code and `ErrorInfo` reason (domain `portcullis`).
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, "portcullis");
+}
+
+/// Asserts `INVALID_ARGUMENT` with a `BadRequest` naming `field`.
+#[track_caller]
+pub fn assert_invalid(status: &Status, field: &str) {
+    assert_error(status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let bad = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "BadRequest does not name {field}: {bad:?}"
+    );
+}
+
+/// The `missing_scope` named in a FORBIDDEN status.
+pub fn missing_scope(status: &Status) -> Option<String> {
+    status
+        .get_details_error_info()?
+        .metadata
+        .get("missing_scope")
+        .cloned()
+}
+
+/// Counts the rows of `table` in the test database.
+pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
+    let conn = Database::connect(&db.url).await.unwrap();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: i64 = row.try_get("", "n").unwrap();
+    conn.close().await.unwrap();
+    n
+}
