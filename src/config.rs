@@ -267,6 +267,34 @@ mod tests {
     }
 
     #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.toml");
+        std::fs::write(&file, "token_prefix = \"s4e\"\nsession_lifetime = \"10h\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PORTCULLIS_SESSION_LIFETIME", "2h");
+            jail.set_env("DATABASE_URL", "postgres://db/portcullis");
+            let config = Config::load(Some(&file)).map_err(|e| e.to_string())?;
+            assert_eq!(config.token_prefix, "s4e");
+            assert_eq!(config.session_lifetime, Duration::from_hours(2));
+            assert_eq!(config.database_url, "postgres://db/portcullis");
+            assert_eq!(config.listen_addr, Config::default().listen_addr);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_file_or_unknown_key_is_refused() {
+        assert!(Config::load(Some(Path::new("/nonexistent/portcullis.toml"))).is_err());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PORTCULLIS_NO_SUCH_SETTING", "1");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("no_such_setting"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_prefix_is_named() {
         let config = Config {
             token_prefix: "Bad_Prefix".into(),

@@ -51,7 +51,7 @@ impl Domain {
         let email = Email::parse(&input.email, "email")?;
         let password = Password::parse(&input.password, "password")?;
         if let Some(lifetime) = input.session_lifetime {
-            self.check_lifetime(lifetime)?;
+            self.check_lifetime(lifetime, "session_lifetime")?;
         }
         let password_hash = self.hasher.hash(password).await?;
         let user = self
@@ -123,7 +123,7 @@ impl Domain {
             return Err(Error::invalid("user.id", "must be a positive user id"));
         }
         if let Some(Some(lifetime)) = patch.session_lifetime {
-            self.check_lifetime(lifetime)?;
+            self.check_lifetime(lifetime, "user.session_lifetime")?;
         }
         let user = self
             .store
@@ -199,12 +199,12 @@ impl Domain {
         Ok(revoked)
     }
 
-    fn check_lifetime(&self, lifetime: chrono::Duration) -> Result<()> {
+    fn check_lifetime(&self, lifetime: chrono::Duration, field: &'static str) -> Result<()> {
         if lifetime < chrono::Duration::minutes(1)
             || lifetime > self.settings.session_absolute_lifetime
         {
             return Err(Error::invalid(
-                "session_lifetime",
+                field,
                 "must be between 1 minute and the absolute session lifetime",
             ));
         }

@@ -30,6 +30,7 @@ crate::db_tests!(
     unknown_email_wrong_password_and_disabled_answer_alike,
     role_change_reaches_cached_tokens,
     users_are_listed_in_pages,
+    last_seen_is_recorded_off_the_hot_path,
 );
 
 fn seconds(at: &Option<Timestamp>) -> i64 {
@@ -757,5 +758,26 @@ async fn users_are_listed_in_pages(backend: Backend) {
             "user3@example.com"
         ]
     );
+    app.stop().await;
+}
+
+async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
+    let app = TestApp::start(&backend).await;
+    app.create_user("mia@example.com", USER_PASSWORD, Role::User).await;
+    let token = app.login("mia@example.com", USER_PASSWORD).await.token;
+    app.clock.advance(Duration::minutes(5));
+    app.validate(&token).await.unwrap();
+    let seen_at = (epoch() + Duration::minutes(5)).timestamp();
+    // Written by a background task: wait (bounded) for it to land.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let sessions = list_sessions(&app, &token).await;
+        if seconds(&sessions[0].last_seen_time) == seen_at {
+            assert_eq!(seconds(&sessions[0].create_time), epoch().timestamp());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "last-seen never written: {sessions:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     app.stop().await;
 }
