@@ -19,6 +19,8 @@ const SECRET_MESSAGES: &[&str] = &[
     ".portcullis.v1.CreateUserRequest",
     ".portcullis.v1.ChangePasswordRequest",
     ".portcullis.v1.SetPasswordRequest",
+    ".portcullis.v1.CreateApiKeyResponse",
+    ".portcullis.v1.RotateApiKeyResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/portcullis/v1/common.proto",
         "proto/portcullis/v1/auth_service.proto",
         "proto/portcullis/v1/user_service.proto",
+        "proto/portcullis/v1/key_service.proto",
     ];
 
     let mut config = prost_build::Config::new();

@@ -17,10 +17,13 @@ use crate::{
         token::TokenFormat,
         validate::CacheConfig,
     },
-    grpc::{AuthService, UserService},
+    grpc::{AuthService, KeyService, UserService},
     proto::{
         self,
-        v1::{auth_service_server::AuthServiceServer, user_service_server::UserServiceServer},
+        v1::{
+            auth_service_server::AuthServiceServer, key_service_server::KeyServiceServer,
+            user_service_server::UserServiceServer,
+        },
     },
     store::Store,
 };
@@ -113,6 +116,9 @@ impl App {
         let users = UserServiceServer::new(UserService::new(Arc::clone(&domain)))
             .max_decoding_message_size(max);
 
+        let keys = KeyServiceServer::new(KeyService::new(Arc::clone(&domain)))
+            .max_decoding_message_size(max);
+
         let address = listener.local_addr()?;
         tracing::info!(%address, "portcullis listening");
         let result = Server::builder()
@@ -126,6 +132,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(users)
+            .add_service(keys)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         probe.abort();

@@ -267,10 +267,18 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure returns figment::Error"
+    )]
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("portcullis.toml");
-        std::fs::write(&file, "token_prefix = \"s4e\"\nsession_lifetime = \"10h\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "token_prefix = \"s4e\"\nsession_lifetime = \"10h\"\n",
+        )
+        .unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("PORTCULLIS_SESSION_LIFETIME", "2h");
             jail.set_env("DATABASE_URL", "postgres://db/portcullis");
@@ -284,6 +292,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure returns figment::Error"
+    )]
     fn a_missing_file_or_unknown_key_is_refused() {
         assert!(Config::load(Some(Path::new("/nonexistent/portcullis.toml"))).is_err());
         figment::Jail::expect_with(|jail| {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
     app::{self, App},
     config::Config,
-    domain::{NewUserInput, Role, SystemClock},
+    domain::{KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -34,6 +34,40 @@ enum Command {
     /// Manage users from the command line (for bootstrapping).
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage API keys from the command line (for bootstrapping a service
+    /// before any admin tooling exists).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create an API key and print it once. Only its hash is stored.
+    Create {
+        /// Email of the key's owner (often a service account).
+        #[arg(long)]
+        owner: String,
+        /// A name for the key.
+        #[arg(long)]
+        name: String,
+        /// A scope to grant (repeat for several), e.g. `--scope assets:read`.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Live or test key.
+        #[arg(long, value_enum, default_value_t = CliEnvironment::Live)]
+        env: CliEnvironment,
+    },
+    /// Revoke an API key at once.
+    Revoke {
+        /// The key's id.
+        id: i64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliEnvironment {
+    Live,
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -51,6 +85,10 @@ enum UserCommand {
         /// Read the password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Create a service account: no password, never logs in, owns API
+        /// keys for a program.
+        #[arg(long)]
+        service: bool,
     },
 }
 
@@ -82,8 +120,13 @@ async fn main() -> anyhow::Result<()> {
             email,
             role,
             password_stdin,
+            service,
         }) => {
-            let password = read_password(password_stdin)?;
+            let password = if service {
+                String::new()
+            } else {
+                read_password(password_stdin)?
+            };
             let app = App::build(config, Arc::new(SystemClock)).await?;
             let role = match role {
                 CliRole::User => Role::User,
@@ -95,6 +138,11 @@ async fn main() -> anyhow::Result<()> {
                     email,
                     password,
                     role,
+                    kind: if service {
+                        UserKind::Service
+                    } else {
+                        UserKind::Human
+                    },
                     session_lifetime: None,
                 })
                 .await?;
@@ -104,6 +152,34 @@ async fn main() -> anyhow::Result<()> {
                 user.email.as_str(),
                 role.as_str()
             );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create {
+            owner,
+            name,
+            scopes,
+            env,
+        }) => {
+            let app = App::build(config, Arc::new(SystemClock)).await?;
+            let environment = match env {
+                CliEnvironment::Live => KeyEnvironment::Live,
+                CliEnvironment::Test => KeyEnvironment::Test,
+            };
+            let issued = app
+                .domain()
+                .create_key_unchecked(&owner, &name, scopes, environment)
+                .await?;
+            eprintln!(
+                "created API key {} ({}) for {owner}; it is shown once:",
+                issued.api_key.id, issued.api_key.display_prefix
+            );
+            println!("{}", secrecy::ExposeSecret::expose_secret(&issued.key));
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { id }) => {
+            let app = App::build(config, Arc::new(SystemClock)).await?;
+            app.domain().revoke_key_unchecked(id).await?;
+            eprintln!("revoked API key {id}");
             Ok(())
         }
     }

@@ -6,6 +6,8 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_users;
 mod m20261124_000002_create_sessions;
+mod m20261124_000003_add_user_kind;
+mod m20261124_000004_create_api_keys;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -16,6 +18,8 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_users::Migration),
             Box::new(m20261124_000002_create_sessions::Migration),
+            Box::new(m20261124_000003_add_user_kind::Migration),
+            Box::new(m20261124_000004_create_api_keys::Migration),
         ]
     }
 }

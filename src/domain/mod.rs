@@ -7,6 +7,7 @@
 mod clock;
 pub mod credential;
 mod error;
+mod keys;
 mod login;
 pub mod password;
 pub mod scope;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthFailure, Error, Result};
+pub use keys::{KeyPage, KeyPatch, NewKeyInput};
 pub use login::LoginInput;
 pub use sessions::SessionPage;
 pub use types::*;

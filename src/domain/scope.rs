@@ -2,6 +2,8 @@
 //! wildcards. portcullis's own management permissions live in the reserved
 //! `portcullis:` namespace.
 
+/// Every scope (the admin role's).
+pub const ALL: &str = "*";
 /// Every management permission of portcullis.
 pub const PORTCULLIS_ALL: &str = "portcullis:*";
 /// Read users.
@@ -12,6 +14,10 @@ pub const USERS_WRITE: &str = "portcullis:users:write";
 pub const SESSIONS_READ: &str = "portcullis:sessions:read";
 /// Revoke any user's sessions.
 pub const SESSIONS_WRITE: &str = "portcullis:sessions:write";
+/// Read the API keys of other owners.
+pub const KEYS_READ: &str = "portcullis:keys:read";
+/// Create, change, rotate and revoke the API keys of other owners.
+pub const KEYS_WRITE: &str = "portcullis:keys:write";
 /// Log users in on their behalf and bypass the captcha (Rehive's admin login).
 pub const ADMIN_LOGIN: &str = "portcullis:admin_login";
 

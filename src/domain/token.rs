@@ -1,7 +1,7 @@
 //! The token format shared by session tokens and API keys:
 //! `<prefix>_<kind>_<secret><checksum>`, e.g. `pcs_sess_…`, `pcs_live_…`.
 //!
-//! The secret is 30 base62 characters drawn from `ring`'s CSPRNG (178 bits);
+//! The secret is 32 base62 characters drawn from `ring`'s CSPRNG (190 bits);
 //! the checksum is the CRC-32 of everything before it, as 6 base62
 //! characters. The checksum lets [`TokenFormat::parse`] refuse a mistyped or
 //! truncated token without a database read, and lets secret scanners find
@@ -14,7 +14,10 @@ use ring::{
 use secrecy::{ExposeSecret, SecretString};
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const SECRET_LEN: usize = 30;
+const SECRET_LEN: usize = 32;
+/// Secret characters shown in a key's display prefix; the rest (166 bits)
+/// stays unknown.
+const DISPLAY_CHARS: usize = 4;
 const CHECKSUM_LEN: usize = 6;
 /// Longest token this format can produce; longer input is refused unread.
 pub const MAX_TOKEN_LEN: usize = 16 + 1 + 4 + 1 + SECRET_LEN + CHECKSUM_LEN;
@@ -192,6 +195,20 @@ impl TokenFormat {
         })
     }
 
+    /// The non-secret start of a token, for recognising it in listings:
+    /// `pcs_live_AbCd…`.
+    #[must_use]
+    pub fn display_prefix(token: &SecretString) -> String {
+        let token = token.expose_secret();
+        let (_, body_start) = token
+            .char_indices()
+            .filter(|(_, c)| *c == '_')
+            .nth(1)
+            .map_or((0, token.len()), |(i, _)| (i, i + 1));
+        let end = (body_start + DISPLAY_CHARS).min(token.len());
+        format!("{}…", &token[..end])
+    }
+
     /// Parses a secret token; see [`TokenFormat::parse`].
     ///
     /// # Errors
@@ -235,6 +252,19 @@ mod tests {
                     .starts_with(&format!("pcs_{}_", kind.marker()))
             );
         }
+    }
+
+    #[test]
+    fn display_prefix_shows_four_secret_characters() {
+        let format = TokenFormat::new("pcs");
+        let (token, _) = format.generate(TokenKind::LiveKey).unwrap();
+        let shown = TokenFormat::display_prefix(&token);
+        assert_eq!(shown.chars().count(), "pcs_live_".len() + 4 + 1, "{shown}");
+        assert!(
+            token
+                .expose_secret()
+                .starts_with(shown.trim_end_matches('…'))
+        );
     }
 
     #[test]

@@ -80,12 +80,47 @@ impl Role {
         }
     }
 
-    /// The scopes a session of this role holds.
+    /// The scopes a session of this role holds: an admin holds every scope
+    /// (so it can grant any scope to an API key), a user none.
     #[must_use]
     pub fn scopes(self) -> Vec<String> {
         match self {
             Role::User => Vec::new(),
-            Role::Admin => vec![scope::PORTCULLIS_ALL.to_owned()],
+            Role::Admin => vec![scope::ALL.to_owned()],
+        }
+    }
+}
+
+/// What a user account is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserKind {
+    /// A person, who logs in with a password.
+    Human,
+    /// A program's identity: owns API keys, has no password, never logs in.
+    Service,
+}
+
+impl UserKind {
+    /// The name stored in the database.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Human => "human",
+            UserKind::Service => "service",
+        }
+    }
+
+    /// Reads a stored name.
+    ///
+    /// # Errors
+    /// `Internal` for a name this version does not know.
+    pub fn from_stored(name: &str) -> Result<Self> {
+        match name {
+            "human" => Ok(UserKind::Human),
+            "service" => Ok(UserKind::Service),
+            other => Err(Error::Internal(format!(
+                "unknown user kind {other:?} in database"
+            ))),
         }
     }
 }
@@ -99,6 +134,8 @@ pub struct User {
     pub email: Email,
     /// Role.
     pub role: Role,
+    /// Person or service account.
+    pub kind: UserKind,
     /// Disabled users cannot log in and their tokens stop working.
     pub disabled: bool,
     /// Per-user session lifetime override.
@@ -241,7 +278,7 @@ pub struct Session {
 }
 
 /// What kind of credential a principal holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CredentialId {
     /// A session token, by session id.
     Session(i64),
@@ -325,6 +362,101 @@ impl std::fmt::Debug for IssuedSession {
 pub enum LoginOutcome {
     /// Logged in.
     Session(IssuedSession),
+}
+
+/// Whether an API key is for production or testing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyEnvironment {
+    /// Production: `pcs_live_…`.
+    Live,
+    /// Testing: `pcs_test_…`.
+    Test,
+}
+
+impl KeyEnvironment {
+    /// The name stored in the database.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEnvironment::Live => "live",
+            KeyEnvironment::Test => "test",
+        }
+    }
+
+    /// Reads a stored name.
+    ///
+    /// # Errors
+    /// `Internal` for a name this version does not know.
+    pub fn from_stored(name: &str) -> Result<Self> {
+        match name {
+            "live" => Ok(KeyEnvironment::Live),
+            "test" => Ok(KeyEnvironment::Test),
+            other => Err(Error::Internal(format!(
+                "unknown key environment {other:?} in database"
+            ))),
+        }
+    }
+
+    /// The token kind of keys of this environment.
+    #[must_use]
+    pub fn token_kind(self) -> super::token::TokenKind {
+        match self {
+            KeyEnvironment::Live => super::token::TokenKind::LiveKey,
+            KeyEnvironment::Test => super::token::TokenKind::TestKey,
+        }
+    }
+}
+
+/// An API key's metadata (never the key itself).
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    /// Identifier.
+    pub id: i64,
+    /// The user the key acts as.
+    pub owner_id: i64,
+    /// Human-readable name.
+    pub name: String,
+    /// Scopes held.
+    pub scopes: Vec<String>,
+    /// Live or test.
+    pub environment: KeyEnvironment,
+    /// The non-secret start of the key.
+    pub display_prefix: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Expiry, if any.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last used (coarse).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Revoked at, or stops at after a rotation's overlap.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The key this one replaced.
+    pub rotated_from_id: Option<i64>,
+}
+
+impl ApiKey {
+    /// Whether the key is revoked (or past its rotation overlap) at `now`.
+    #[must_use]
+    pub fn is_revoked(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// A freshly made API key, shown to the client once.
+pub struct IssuedKey {
+    /// The key; only its hash is stored.
+    pub key: secrecy::SecretString,
+    /// Its metadata.
+    pub api_key: ApiKey,
+}
+
+impl std::fmt::Debug for IssuedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKey")
+            .field("key", &"<redacted>")
+            .field("api_key", &self.api_key)
+            .finish()
+    }
 }
 
 /// One page of a listing, and where the next begins.

@@ -1,8 +1,8 @@
 //! User accounts and passwords.
 
 use super::{
-    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, page_size, page_token,
-    parse_page_token, password::Password, scope,
+    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, UserKind, page_size,
+    page_token, parse_page_token, password::Password, scope,
 };
 use crate::store::NewUser;
 
@@ -13,10 +13,12 @@ pub type UserPage = Page<User>;
 pub struct NewUserInput {
     /// Email as typed.
     pub email: String,
-    /// Initial password.
+    /// Initial password; must be empty for a service account.
     pub password: String,
     /// Role.
     pub role: Role,
+    /// Person or service account.
+    pub kind: UserKind,
     /// Per-user session lifetime.
     pub session_lifetime: Option<chrono::Duration>,
 }
@@ -49,17 +51,30 @@ impl Domain {
     /// As [`Domain::create_user`], without the scope check.
     pub async fn create_user_unchecked(&self, input: NewUserInput) -> Result<User> {
         let email = Email::parse(&input.email, "email")?;
-        let password = Password::parse(&input.password, "password")?;
+        let password = match input.kind {
+            UserKind::Human => Some(Password::parse(&input.password, "password")?),
+            UserKind::Service if input.password.is_empty() => None,
+            UserKind::Service => {
+                return Err(Error::invalid(
+                    "password",
+                    "must be empty: a service account has no password",
+                ));
+            }
+        };
         if let Some(lifetime) = input.session_lifetime {
             self.check_lifetime(lifetime, "session_lifetime")?;
         }
-        let password_hash = self.hasher.hash(password).await?;
+        let password_hash = match password {
+            Some(password) => Some(self.hasher.hash(password).await?),
+            None => None,
+        };
         let user = self
             .store
             .insert_user(NewUser {
                 email,
                 password_hash,
                 role: input.role,
+                kind: input.kind,
                 session_lifetime: input.session_lifetime,
                 now: self.clock.now(),
             })
@@ -185,8 +200,15 @@ impl Domain {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         let new = Password::parse(new, "new_password")?;
-        if self.store.user(user_id).await?.is_none() {
-            return Err(Error::NotFound("user"));
+        match self.store.user(user_id).await? {
+            None => return Err(Error::NotFound("user")),
+            Some(user) if user.kind == UserKind::Service => {
+                return Err(Error::invalid(
+                    "user_id",
+                    "is a service account, which has no password",
+                ));
+            }
+            Some(_) => {}
         }
         let hash = self.hasher.hash(new).await?;
         let revoked = self

@@ -1,6 +1,6 @@
 //! The hot path: turn a token into a principal, fast and fail-closed.
 //!
-//! Parse and checksum the token (no I/O), hash it, look the hash up in an
+//! Session tokens and API keys alike: parse and checksum the token (no I/O), hash it, look the hash up in an
 //! in-memory cache, and fall back to one indexed database read. Unknown
 //! tokens are cached as unknown for a short time. Revocation on this replica
 //! clears the cache at once; an epoch counter stops a read that raced with a
@@ -20,8 +20,8 @@ use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
 
 use super::{
-    AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role, SessionState,
-    scope,
+    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role,
+    SessionState, User, scope,
     token::{TokenFormat, TokenHash, TokenKind},
 };
 use crate::store::{SessionMatch, Store};
@@ -36,14 +36,59 @@ const SEEN_QUEUE: usize = 4096;
 #[derive(Clone, Debug)]
 enum Entry {
     /// A session's current or previous token.
-    Known(Arc<Known>),
-    /// No session has this token.
+    Session(Arc<KnownSession>),
+    /// An API key.
+    Key(Arc<KnownKey>),
+    /// No session or key has this token.
     Unknown,
 }
 
-/// The facts needed to answer for a token without the database.
+impl Entry {
+    fn user_id(&self) -> Option<i64> {
+        match self {
+            Entry::Session(known) => Some(known.user_id),
+            Entry::Key(known) => Some(known.owner.id),
+            Entry::Unknown => None,
+        }
+    }
+}
+
+/// The facts needed to answer for an API key without the database.
 #[derive(Debug)]
-struct Known {
+struct KnownKey {
+    key: ApiKey,
+    owner: User,
+}
+
+impl KnownKey {
+    /// The principal, if the key is usable at `now`.
+    fn check(&self, now: DateTime<Utc>) -> Result<Principal> {
+        let Self { key, owner } = self;
+        if owner.disabled || key.is_revoked(now) {
+            return Err(AuthFailure::InvalidToken.into());
+        }
+        if key.expires_at.is_some_and(|at| now >= at) {
+            return Err(AuthFailure::Expired.into());
+        }
+        let stops_at = match (key.expires_at, key.revoked_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Principal {
+            credential: CredentialId::ApiKey(key.id),
+            user_id: owner.id,
+            email: owner.email.clone(),
+            role: owner.role,
+            scopes: key.scopes.clone(),
+            expires_at: stops_at,
+            auth_methods: Vec::new(),
+        })
+    }
+}
+
+/// The facts needed to answer for a session token without the database.
+#[derive(Debug)]
+struct KnownSession {
     session_id: i64,
     user_id: i64,
     email: Email,
@@ -56,7 +101,7 @@ struct Known {
     auth_methods: Vec<AuthMethod>,
 }
 
-impl Known {
+impl KnownSession {
     fn from_match(found: SessionMatch) -> Self {
         let SessionMatch {
             session,
@@ -129,7 +174,7 @@ struct EntryExpiry {
 impl Expiry<TokenHash, Entry> for EntryExpiry {
     fn expire_after_create(&self, _: &TokenHash, value: &Entry, _: Instant) -> Option<Duration> {
         Some(match value {
-            Entry::Known(_) => self.known,
+            Entry::Session(_) | Entry::Key(_) => self.known,
             Entry::Unknown => self.unknown,
         })
     }
@@ -153,8 +198,8 @@ pub struct Validator {
     tokens: TokenFormat,
     cache: Cache<TokenHash, Entry>,
     epoch: AtomicU64,
-    seen: Cache<i64, ()>,
-    seen_tx: mpsc::Sender<(i64, DateTime<Utc>)>,
+    seen: Cache<CredentialId, ()>,
+    seen_tx: mpsc::Sender<(CredentialId, DateTime<Utc>)>,
     lookups: AtomicU64,
 }
 
@@ -206,28 +251,31 @@ impl Validator {
             .tokens
             .parse(token)
             .map_err(|_| AuthFailure::InvalidToken)?;
-        if !matches!(parsed.kind, TokenKind::Session | TokenKind::MfaPending) {
-            return Err(AuthFailure::InvalidToken.into());
-        }
-        let Entry::Known(known) = self.lookup(parsed.hash).await? else {
-            return Err(AuthFailure::InvalidToken.into());
+        let principal = match self.lookup(parsed.hash, parsed.kind).await? {
+            Entry::Session(known) => known.check(parsed.kind, now)?,
+            Entry::Key(known) => known.check(now)?,
+            Entry::Unknown => return Err(AuthFailure::InvalidToken.into()),
         };
-        let principal = known.check(parsed.kind, now)?;
         if let Some(missing) = scope::first_missing(&principal.scopes, required) {
             return Err(Error::missing_scope(missing));
         }
-        self.record_seen(known.session_id, now);
+        self.record_seen(principal.credential, now);
         Ok(principal)
     }
 
     /// Forgets every cached token of session `id`.
     pub fn forget_session(&self, id: i64) {
-        self.forget(move |known| known.session_id == id);
+        self.forget(move |entry| matches!(entry, Entry::Session(known) if known.session_id == id));
     }
 
-    /// Forgets every cached token of user `id`.
+    /// Forgets API key `id`.
+    pub fn forget_key(&self, id: i64) {
+        self.forget(move |entry| matches!(entry, Entry::Key(known) if known.key.id == id));
+    }
+
+    /// Forgets every cached session token and API key of user `id`.
     pub fn forget_user(&self, id: i64) {
-        self.forget(move |known| known.user_id == id);
+        self.forget(move |entry| entry.user_id() == Some(id));
     }
 
     /// How many database lookups validation has made (cache misses).
@@ -236,11 +284,8 @@ impl Validator {
         self.lookups.load(Ordering::Relaxed)
     }
 
-    fn forget(&self, matches: impl Fn(&Known) -> bool + Send + Sync + 'static) {
-        let predicate = move |_: &TokenHash, entry: &Entry| match entry {
-            Entry::Known(known) => matches(known),
-            Entry::Unknown => false,
-        };
+    fn forget(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
+        let predicate = move |_: &TokenHash, entry: &Entry| matches(entry);
         if self.cache.invalidate_entries_if(predicate).is_err() {
             // Cannot happen (closures are enabled above); clear everything
             // rather than risk answering for a revoked token.
@@ -249,15 +294,23 @@ impl Validator {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    async fn lookup(&self, hash: TokenHash) -> Result<Entry> {
+    async fn lookup(&self, hash: TokenHash, kind: TokenKind) -> Result<Entry> {
         if let Some(entry) = self.cache.get(&hash) {
             return Ok(entry);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        let entry = match self.store.session_by_hash(&hash).await? {
-            Some(found) => Entry::Known(Arc::new(Known::from_match(found))),
-            None => Entry::Unknown,
+        let entry = match kind {
+            TokenKind::Session | TokenKind::MfaPending => {
+                match self.store.session_by_hash(&hash).await? {
+                    Some(found) => Entry::Session(Arc::new(KnownSession::from_match(found))),
+                    None => Entry::Unknown,
+                }
+            }
+            TokenKind::LiveKey | TokenKind::TestKey => match self.store.key_by_hash(&hash).await? {
+                Some((key, owner)) => Entry::Key(Arc::new(KnownKey { key, owner })),
+                None => Entry::Unknown,
+            },
         };
         // A revocation that ran while we read may have missed our entry:
         // then our read is not trusted for later requests.
@@ -267,23 +320,34 @@ impl Validator {
         Ok(entry)
     }
 
-    fn record_seen(&self, session_id: i64, now: DateTime<Utc>) {
-        if self.seen.contains_key(&session_id) {
+    fn record_seen(&self, credential: CredentialId, now: DateTime<Utc>) {
+        if self.seen.contains_key(&credential) {
             return;
         }
-        self.seen.insert(session_id, ());
+        self.seen.insert(credential, ());
         // Dropped when the writer is behind: last-seen is advisory.
-        let _ = self.seen_tx.try_send((session_id, now));
+        let _ = self.seen_tx.try_send((credential, now));
     }
 }
 
-/// Writes last-seen times in batches until the validator is dropped.
-async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(i64, DateTime<Utc>)>) {
+/// Writes session last-seen and key last-used times in batches until the
+/// validator is dropped.
+async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(CredentialId, DateTime<Utc>)>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
-        if let Err(err) = store.touch_sessions(&batch).await {
-            tracing::warn!(error = %err, "could not record session last-seen times");
+        let (mut sessions, mut keys) = (Vec::new(), Vec::new());
+        for (credential, at) in batch.drain(..) {
+            match credential {
+                CredentialId::Session(id) => sessions.push((id, at)),
+                CredentialId::ApiKey(id) => keys.push((id, at)),
+            }
         }
-        batch.clear();
+        let written = match store.touch_sessions(&sessions).await {
+            Ok(()) => store.touch_keys(&keys).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "could not record last-used times");
+        }
     }
 }

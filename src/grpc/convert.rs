@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use crate::{
-    domain::{self, AuthMethod, CredentialId, Error, Result, Role},
+    domain::{self, AuthMethod, CredentialId, Error, KeyEnvironment, Result, Role, UserKind},
     proto::v1 as pb,
 };
 
@@ -89,11 +89,16 @@ impl From<domain::User> for pb::User {
             session_lifetime,
             created_at,
             updated_at,
+            kind,
         } = user;
         pb::User {
             id,
             email: email.as_str().to_owned(),
             role: pb::Role::from(role) as i32,
+            kind: match kind {
+                UserKind::Human => pb::UserKind::Human,
+                UserKind::Service => pb::UserKind::Service,
+            } as i32,
             disabled,
             session_lifetime: session_lifetime.map(duration),
             create_time: Some(timestamp(created_at)),
@@ -194,6 +199,77 @@ impl From<pb::ClientInfo> for domain::ClientInfo {
             ip,
             user_agent,
             device_label,
+        }
+    }
+}
+
+/// Reads a wire user kind; unspecified means a person.
+pub fn user_kind_from(value: i32, field: &'static str) -> Result<UserKind> {
+    match pb::UserKind::try_from(value) {
+        Ok(pb::UserKind::Unspecified | pb::UserKind::Human) => Ok(UserKind::Human),
+        Ok(pb::UserKind::Service) => Ok(UserKind::Service),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("unknown user kind value {value}"),
+        )),
+    }
+}
+
+/// Reads a wire key environment; unspecified means live.
+pub fn environment_from(value: i32, field: &'static str) -> Result<KeyEnvironment> {
+    match pb::KeyEnvironment::try_from(value) {
+        Ok(pb::KeyEnvironment::Unspecified | pb::KeyEnvironment::Live) => Ok(KeyEnvironment::Live),
+        Ok(pb::KeyEnvironment::Test) => Ok(KeyEnvironment::Test),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("unknown environment value {value}"),
+        )),
+    }
+}
+
+/// Reads an optional wire timestamp; `field` names it in errors.
+pub fn timestamp_from(
+    at: Option<prost_types::Timestamp>,
+    field: &'static str,
+) -> Result<Option<DateTime<Utc>>> {
+    let Some(at) = at else { return Ok(None) };
+    u32::try_from(at.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(at.seconds, nanos))
+        .map(Some)
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+}
+
+impl From<domain::ApiKey> for pb::ApiKey {
+    fn from(key: domain::ApiKey) -> Self {
+        let domain::ApiKey {
+            id,
+            owner_id,
+            name,
+            scopes,
+            environment,
+            display_prefix,
+            created_at,
+            expires_at,
+            last_used_at,
+            revoked_at,
+            rotated_from_id,
+        } = key;
+        pb::ApiKey {
+            id,
+            name,
+            owner_id,
+            scopes,
+            environment: match environment {
+                KeyEnvironment::Live => pb::KeyEnvironment::Live,
+                KeyEnvironment::Test => pb::KeyEnvironment::Test,
+            } as i32,
+            display_prefix,
+            create_time: Some(timestamp(created_at)),
+            expire_time: expires_at.map(timestamp),
+            last_used_time: last_used_at.map(timestamp),
+            revoke_time: revoked_at.map(timestamp),
+            rotated_from_id: rotated_from_id.unwrap_or_default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod convert;
+mod keys;
 mod redact;
 mod status;
 mod user;
@@ -10,6 +11,7 @@ mod user;
 use std::sync::Arc;
 
 pub use auth::AuthService;
+pub use keys::KeyService;
 pub use status::to_status;
 pub use user::UserService;
 

@@ -95,6 +95,7 @@ impl Debug for pb::CreateUserRequest {
             .field("password", &REDACTED)
             .field("role", &self.role)
             .field("session_lifetime", &self.session_lifetime)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -113,6 +114,25 @@ impl Debug for pb::SetPasswordRequest {
         f.debug_struct("SetPasswordRequest")
             .field("user_id", &self.user_id)
             .field("new_password", &REDACTED)
+            .finish()
+    }
+}
+
+impl Debug for pb::CreateApiKeyResponse {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        f.debug_struct("CreateApiKeyResponse")
+            .field("api_key", &self.api_key)
+            .field("key", &REDACTED)
+            .finish()
+    }
+}
+
+impl Debug for pb::RotateApiKeyResponse {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        f.debug_struct("RotateApiKeyResponse")
+            .field("api_key", &self.api_key)
+            .field("key", &REDACTED)
+            .field("previous", &self.previous)
             .finish()
     }
 }

@@ -37,8 +37,10 @@ impl user_service_server::UserService for UserService {
             password,
             role,
             session_lifetime,
+            kind,
         } = request.into_inner();
         let input = NewUserInput {
+            kind: convert::user_kind_from(kind, "kind").map_err(to_status)?,
             email,
             password,
             role: convert::role_from(role, "role", Some(Role::User)).map_err(to_status)?,

@@ -19,6 +19,7 @@ pub mod users {
         pub session_lifetime_secs: Option<i64>,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub kind: String,
     }
 
     /// Relations of `users`.
@@ -83,6 +84,54 @@ pub mod sessions {
     impl Related<super::users::Entity> for Entity {
         fn to() -> RelationDef {
             Relation::User.def()
+        }
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_keys {
+    //! The `api_keys` table.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `api_keys`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub owner_id: i64,
+        pub name: String,
+        #[sea_orm(unique)]
+        pub key_hash: Vec<u8>,
+        pub display_prefix: String,
+        pub environment: String,
+        /// Space-separated (scopes contain no spaces).
+        #[sea_orm(column_type = "Text")]
+        pub scopes: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: Option<DateTimeUtc>,
+        pub last_used_at: Option<DateTimeUtc>,
+        pub revoked_at: Option<DateTimeUtc>,
+        pub rotated_from_id: Option<i64>,
+    }
+
+    /// Relations of `api_keys`.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        /// The key's owner.
+        #[sea_orm(
+            belongs_to = "super::users::Entity",
+            from = "Column::OwnerId",
+            to = "super::users::Column::Id",
+            on_delete = "Cascade"
+        )]
+        Owner,
+    }
+
+    impl Related<super::users::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Owner.def()
         }
     }
 

@@ -5,6 +5,7 @@
 //! "valid".
 
 mod entity;
+mod keys;
 mod sessions;
 mod users;
 
@@ -15,6 +16,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 
 use crate::domain::Error;
 
+pub use keys::NewKey;
 pub use sessions::{NewSession, Rotation, SessionMatch};
 pub use users::NewUser;
 

@@ -9,16 +9,18 @@ use sea_orm::{
 use super::{
     Store, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
 };
-use crate::domain::{Email, Error, Result, Role, User, UserPatch};
+use crate::domain::{Email, Error, Result, Role, User, UserKind, UserPatch};
 
 /// A user to insert.
 pub struct NewUser {
     /// Normalised email.
     pub email: Email,
-    /// argon2id PHC string.
-    pub password_hash: String,
+    /// argon2id PHC string; `None` for a service account.
+    pub password_hash: Option<String>,
     /// Role.
     pub role: Role,
+    /// Person or service account.
+    pub kind: UserKind,
     /// Per-user session lifetime.
     pub session_lifetime: Option<chrono::Duration>,
     /// Creation time.
@@ -38,11 +40,13 @@ impl TryFrom<users::Model> for User {
             session_lifetime_secs,
             created_at,
             updated_at,
+            kind,
         } = model;
         Ok(User {
             id,
             email: Email::from_stored(email),
             role: Role::from_stored(&role)?,
+            kind: UserKind::from_stored(&kind)?,
             disabled,
             session_lifetime: session_lifetime_secs.map(chrono::Duration::seconds),
             created_at,
@@ -59,8 +63,9 @@ impl Store {
     pub async fn insert_user(&self, new: NewUser) -> Result<User> {
         let model = users::ActiveModel {
             email: Set(new.email.as_str().to_owned()),
-            password_hash: Set(Some(new.password_hash)),
+            password_hash: Set(new.password_hash),
             role: Set(new.role.as_str().to_owned()),
+            kind: Set(new.kind.as_str().to_owned()),
             disabled: Set(false),
             session_lifetime_secs: Set(new.session_lifetime.map(|d| d.num_seconds())),
             created_at: Set(new.now),

@@ -14,5 +14,6 @@ mod support;
 mod authz;
 mod bad_input;
 mod grpcurl;
+mod keys;
 mod operations;
 mod sessions;

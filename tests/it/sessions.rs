@@ -33,8 +33,8 @@ crate::db_tests!(
     last_seen_is_recorded_off_the_hot_path,
 );
 
-fn seconds(at: &Option<Timestamp>) -> i64 {
-    at.as_ref().unwrap().seconds
+fn seconds(at: Option<&Timestamp>) -> i64 {
+    at.unwrap().seconds
 }
 
 async fn login_validate_refresh_logout_flow(backend: Backend) {
@@ -51,6 +51,7 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
                 password: USER_PASSWORD.into(),
                 role: pb::Role::User as i32,
                 session_lifetime: None,
+                kind: pb::UserKind::Human as i32,
             },
         ))
         .await
@@ -67,7 +68,7 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
         session.token.len()
     );
     assert_eq!(
-        seconds(&session.expire_time),
+        seconds(session.expire_time.as_ref()),
         (epoch() + Duration::hours(24)).timestamp()
     );
     assert_eq!(session.user.as_ref().unwrap().id, user.id);
@@ -102,7 +103,7 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
     assert_ne!(refreshed.token, session.token);
     assert_eq!(refreshed.session_id, session.session_id);
     assert_eq!(
-        seconds(&refreshed.expire_time),
+        seconds(refreshed.expire_time.as_ref()),
         (epoch() + Duration::hours(25)).timestamp()
     );
     app.validate(&refreshed.token).await.unwrap();
@@ -228,7 +229,7 @@ async fn session_expires_with_the_clock(backend: Backend) {
 
 async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
     let app = TestApp::start_with(&backend, |c| {
-        c.session_lifetime = std::time::Duration::from_secs(3600 * 48)
+        c.session_lifetime = std::time::Duration::from_hours(48);
     })
     .await;
     let admin = app.admin_token().await;
@@ -244,13 +245,14 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
                     seconds: 10 * 3600,
                     nanos: 0,
                 }),
+                kind: pb::UserKind::Human as i32,
             },
         ))
         .await
         .unwrap();
     let session = app.login("dave@example.com", USER_PASSWORD).await;
     assert_eq!(
-        seconds(&session.expire_time),
+        seconds(session.expire_time.as_ref()),
         (epoch() + Duration::hours(10)).timestamp()
     );
 
@@ -268,7 +270,7 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
         panic!()
     };
     assert_eq!(
-        seconds(&shorter.expire_time),
+        seconds(shorter.expire_time.as_ref()),
         (epoch() + Duration::hours(1)).timestamp()
     );
     // Asking for more than the user's lifetime gets the user's lifetime.
@@ -277,13 +279,13 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
         panic!()
     };
     assert_eq!(
-        seconds(&longer.expire_time),
+        seconds(longer.expire_time.as_ref()),
         (epoch() + Duration::hours(10)).timestamp()
     );
     // The admin has no override: the global 48 hours.
     let admin_session = app.login("admin@example.com", ADMIN_PASSWORD).await;
     assert_eq!(
-        seconds(&admin_session.expire_time),
+        seconds(admin_session.expire_time.as_ref()),
         (epoch() + Duration::hours(48)).timestamp()
     );
 
@@ -306,7 +308,7 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
         .unwrap();
     let default = app.login("dave@example.com", USER_PASSWORD).await;
     assert_eq!(
-        seconds(&default.expire_time),
+        seconds(default.expire_time.as_ref()),
         (epoch() + Duration::hours(48)).timestamp()
     );
     app.stop().await;
@@ -370,7 +372,7 @@ async fn refresh_reuse_after_grace_revokes_the_session(backend: Backend) {
 
 async fn refresh_stops_at_the_absolute_lifetime(backend: Backend) {
     let app = TestApp::start_with(&backend, |c| {
-        c.session_absolute_lifetime = std::time::Duration::from_secs(48 * 3600);
+        c.session_absolute_lifetime = std::time::Duration::from_hours(48);
     })
     .await;
     app.create_user("gina@example.com", USER_PASSWORD, Role::User)
@@ -379,7 +381,7 @@ async fn refresh_stops_at_the_absolute_lifetime(backend: Backend) {
     app.clock.advance(Duration::hours(23));
     let at_23 = refresh(&app, &token).await.unwrap();
     assert_eq!(
-        seconds(&at_23.expire_time),
+        seconds(at_23.expire_time.as_ref()),
         (epoch() + Duration::hours(47)).timestamp()
     );
     token = at_23.token;
@@ -387,7 +389,7 @@ async fn refresh_stops_at_the_absolute_lifetime(backend: Backend) {
     let at_46 = refresh(&app, &token).await.unwrap();
     // Capped at login + 48 h.
     assert_eq!(
-        seconds(&at_46.expire_time),
+        seconds(at_46.expire_time.as_ref()),
         (epoch() + Duration::hours(48)).timestamp()
     );
     app.clock.advance(Duration::hours(2));
@@ -712,7 +714,7 @@ async fn role_change_reaches_cached_tokens(backend: Backend) {
         .unwrap();
     let principal = app.validate(&token).await.unwrap();
     assert_eq!(principal.role, pb::Role::Admin as i32);
-    assert_eq!(principal.scopes, vec!["portcullis:*".to_owned()]);
+    assert_eq!(principal.scopes, vec!["*".to_owned()]);
     app.stop().await;
 }
 
@@ -763,7 +765,8 @@ async fn users_are_listed_in_pages(backend: Backend) {
 
 async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("mia@example.com", USER_PASSWORD, Role::User).await;
+    app.create_user("mia@example.com", USER_PASSWORD, Role::User)
+        .await;
     let token = app.login("mia@example.com", USER_PASSWORD).await.token;
     app.clock.advance(Duration::minutes(5));
     app.validate(&token).await.unwrap();
@@ -772,11 +775,17 @@ async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let sessions = list_sessions(&app, &token).await;
-        if seconds(&sessions[0].last_seen_time) == seen_at {
-            assert_eq!(seconds(&sessions[0].create_time), epoch().timestamp());
+        if seconds(sessions[0].last_seen_time.as_ref()) == seen_at {
+            assert_eq!(
+                seconds(sessions[0].create_time.as_ref()),
+                epoch().timestamp()
+            );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "last-seen never written: {sessions:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last-seen never written: {sessions:?}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;

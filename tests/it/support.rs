@@ -9,7 +9,8 @@ use portcullis::{
     config::Config,
     domain::{Domain, ManualClock, NewUserInput, Role},
     proto::v1::{
-        self as pb, auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+        self as pb, auth_service_client::AuthServiceClient, key_service_client::KeyServiceClient,
+        user_service_client::UserServiceClient,
     },
 };
 use sea_orm::{ConnectionTrait, Database};
@@ -146,7 +147,11 @@ fn random_suffix() -> String {
     use ring::rand::{SecureRandom, SystemRandom};
     let mut bytes = [0u8; 8];
     SystemRandom::new().fill(&mut bytes).unwrap();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes.iter().fold(String::new(), |mut out, b| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// A test's start time: fixed, so expiry arithmetic is exact.
@@ -192,6 +197,7 @@ impl TestApp {
 
     /// Starts on an existing database with `config` and `clock`.
     pub async fn start_on(db: TestDb, config: Config, clock: ManualClock) -> Self {
+        capture_logs();
         let app = App::build(config.clone(), Arc::new(clock.clone()))
             .await
             .expect("build app");
@@ -258,6 +264,10 @@ impl TestApp {
         UserServiceClient::new(self.channel.clone())
     }
 
+    pub fn keys(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel.clone())
+    }
+
     /// Creates a user directly through the rules (as the CLI does).
     pub async fn create_user(&self, email: &str, password: &str, role: Role) -> i64 {
         self.domain
@@ -265,6 +275,7 @@ impl TestApp {
                 email: email.into(),
                 password: password.into(),
                 role,
+                kind: portcullis::domain::UserKind::Human,
                 session_lifetime: None,
             })
             .await
@@ -375,4 +386,45 @@ pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
     let n: i64 = row.try_get("", "n").unwrap();
     conn.close().await.unwrap();
     n
+}
+
+/// Everything every server in this test process logged (debug level and up).
+static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+/// Installs, once per process, a subscriber that keeps all log output, so
+/// tests can check that no secret is ever logged.
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = {
+            let buffer = Arc::clone(&buffer);
+            move || LogWriter(Arc::clone(&buffer))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(writer)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    });
+}
+
+/// The log output captured so far.
+pub fn captured_logs() -> String {
+    let buffer = LOGS.get().expect("logs are captured once a server started");
+    String::from_utf8_lossy(&buffer.lock().unwrap()).into_owned()
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

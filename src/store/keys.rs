@@ -1,0 +1,249 @@
+//! Queries on `api_keys`.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, sea_query::Expr,
+};
+
+use super::{
+    Store, conflict_or_unavailable,
+    entity::{api_keys, users},
+    unavailable,
+};
+use crate::domain::{ApiKey, Error, KeyEnvironment, Result, User, token::TokenHash};
+
+/// A key to insert.
+pub struct NewKey {
+    /// Owner.
+    pub owner_id: i64,
+    /// Name.
+    pub name: String,
+    /// Hash of the key.
+    pub hash: TokenHash,
+    /// Non-secret start of the key.
+    pub display_prefix: String,
+    /// Live or test.
+    pub environment: KeyEnvironment,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Creation time.
+    pub now: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The key this one replaces.
+    pub rotated_from_id: Option<i64>,
+}
+
+impl TryFrom<api_keys::Model> for ApiKey {
+    type Error = Error;
+
+    fn try_from(model: api_keys::Model) -> Result<Self> {
+        let api_keys::Model {
+            id,
+            owner_id,
+            name,
+            key_hash: _,
+            display_prefix,
+            environment,
+            scopes,
+            created_at,
+            expires_at,
+            last_used_at,
+            revoked_at,
+            rotated_from_id,
+        } = model;
+        Ok(ApiKey {
+            id,
+            owner_id,
+            name,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+            environment: KeyEnvironment::from_stored(&environment)?,
+            display_prefix,
+            created_at,
+            expires_at,
+            last_used_at,
+            revoked_at,
+            rotated_from_id,
+        })
+    }
+}
+
+fn active_model(new: NewKey) -> api_keys::ActiveModel {
+    api_keys::ActiveModel {
+        owner_id: Set(new.owner_id),
+        name: Set(new.name),
+        key_hash: Set(new.hash.0.to_vec()),
+        display_prefix: Set(new.display_prefix),
+        environment: Set(new.environment.as_str().to_owned()),
+        scopes: Set(new.scopes.join(" ")),
+        created_at: Set(new.now),
+        expires_at: Set(new.expires_at),
+        last_used_at: Set(None),
+        revoked_at: Set(None),
+        rotated_from_id: Set(new.rotated_from_id),
+        ..Default::default()
+    }
+}
+
+impl Store {
+    /// Inserts a key.
+    pub async fn insert_key(&self, new: NewKey) -> Result<ApiKey> {
+        active_model(new)
+            .insert(&self.db)
+            .await
+            .map_err(conflict_or_unavailable("api key"))?
+            .try_into()
+    }
+
+    /// The key with `id`.
+    pub async fn key(&self, id: i64) -> Result<Option<ApiKey>> {
+        api_keys::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(ApiKey::try_from)
+            .transpose()
+    }
+
+    /// The key whose hash is `hash`, with its owner. One indexed read.
+    pub async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>> {
+        let found = api_keys::Entity::find()
+            .filter(api_keys::Column::KeyHash.eq(hash.0.to_vec()))
+            .find_also_related(users::Entity)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?;
+        match found {
+            Some((key, Some(owner))) => Ok(Some((key.try_into()?, owner.try_into()?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keys of `owner_id`, newest first, before `before`.
+    pub async fn list_keys(
+        &self,
+        owner_id: i64,
+        before: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<ApiKey>> {
+        let mut query = api_keys::Entity::find()
+            .filter(api_keys::Column::OwnerId.eq(owner_id))
+            .order_by_desc(api_keys::Column::Id)
+            .limit(limit);
+        if let Some(before) = before {
+            query = query.filter(api_keys::Column::Id.lt(before));
+        }
+        query
+            .all(&self.db)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(ApiKey::try_from)
+            .collect()
+    }
+
+    /// Sets a key's name and/or scopes.
+    pub async fn update_key(
+        &self,
+        id: i64,
+        name: Option<String>,
+        scopes: Option<Vec<String>>,
+    ) -> Result<Option<ApiKey>> {
+        let Some(existing) = api_keys::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let mut model: api_keys::ActiveModel = existing.into();
+        if let Some(name) = name {
+            model.name = Set(name);
+        }
+        if let Some(scopes) = scopes {
+            model.scopes = Set(scopes.join(" "));
+        }
+        Ok(Some(
+            model
+                .update(&self.db)
+                .await
+                .map_err(unavailable)?
+                .try_into()?,
+        ))
+    }
+
+    /// Makes key `id` stop working at `at`, unless it already stops earlier.
+    pub async fn revoke_key(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+        api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(at)))
+            .filter(api_keys::Column::Id.eq(id))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(api_keys::Column::RevokedAt.is_null())
+                    .add(api_keys::Column::RevokedAt.gt(at)),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Inserts the replacement of key `old_id` and makes the old key stop at
+    /// `old_stops_at`, in one transaction; only if the old key is still
+    /// unrevoked at `now` (a concurrent rotation or revocation wins).
+    pub async fn rotate_key(
+        &self,
+        old_id: i64,
+        old_stops_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        new: NewKey,
+    ) -> Result<Option<(ApiKey, ApiKey)>> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        let retired = api_keys::Entity::update_many()
+            .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(old_stops_at)))
+            .filter(api_keys::Column::Id.eq(old_id))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(api_keys::Column::RevokedAt.is_null())
+                    .add(api_keys::Column::RevokedAt.gt(now)),
+            )
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        if retired.rows_affected != 1 {
+            return Ok(None);
+        }
+        let created: ApiKey = active_model(new)
+            .insert(&txn)
+            .await
+            .map_err(conflict_or_unavailable("api key"))?
+            .try_into()?;
+        let old: ApiKey = api_keys::Entity::find_by_id(old_id)
+            .one(&txn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Error::Internal("rotated key vanished".into()))?
+            .try_into()?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some((created, old)))
+    }
+
+    /// Records last-used times (coarse; written in batches off the hot path).
+    pub async fn touch_keys(&self, used: &[(i64, DateTime<Utc>)]) -> Result<()> {
+        for (id, at) in used {
+            api_keys::Entity::update_many()
+                .col_expr(api_keys::Column::LastUsedAt, Expr::value(Some(*at)))
+                .filter(api_keys::Column::Id.eq(*id))
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(api_keys::Column::LastUsedAt.is_null())
+                        .add(api_keys::Column::LastUsedAt.lt(*at)),
+                )
+                .exec(&self.db)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
