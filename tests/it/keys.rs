@@ -24,6 +24,7 @@ crate::db_tests!(
     keys_are_listed_by_owner_in_pages,
     database_holds_no_plaintext_key,
     logs_never_contain_a_key_or_password,
+    key_last_use_is_recorded_off_the_hot_path,
 );
 
 /// Creates a service account as `admin` and returns its id.
@@ -1078,6 +1079,39 @@ async fn logs_never_contain_a_key_or_password(backend: Backend) {
     ] {
         let body = secret.rsplit('_').next().unwrap();
         assert!(!logs.contains(body), "a secret reached the logs");
+    }
+    app.stop().await;
+}
+
+async fn key_last_use_is_recorded_off_the_hot_path(backend: Backend) {
+    let app = TestApp::start(&backend).await;
+    let admin = app.admin_token().await;
+    let svc = service_account(&app, &admin, "svc@example.com").await;
+    let created = create_key(&app, &admin, svc, &[]).await.unwrap();
+    let id = created.api_key.unwrap().id;
+    app.clock.advance(Duration::minutes(3));
+    for _ in 0..5 {
+        app.validate(&created.key).await.unwrap();
+    }
+    let used_at = (epoch() + Duration::minutes(3)).timestamp();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let key = app
+            .keys()
+            .get_api_key(bearer(&admin, pb::GetApiKeyRequest { key_id: id }))
+            .await
+            .unwrap()
+            .into_inner()
+            .api_key
+            .unwrap();
+        if key.last_used_time.as_ref().map(|t| t.seconds) == Some(used_at) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "last use never written: {key:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;
 }

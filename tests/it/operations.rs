@@ -345,3 +345,97 @@ async fn a_bad_setting_stops_start_up_naming_it() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_bootstraps_a_service_account_and_its_key() {
+    let db = TestDb::create(&Backend::Sqlite).await;
+    let created = portcullis()
+        .args([
+            "user",
+            "create",
+            "--email",
+            "deploy@svc.example.com",
+            "--service",
+        ])
+        .env("PORTCULLIS_DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = portcullis()
+        .args([
+            "key",
+            "create",
+            "--owner",
+            "deploy@svc.example.com",
+            "--name",
+            "deployer",
+        ])
+        .args(["--scope", "portcullis:users:read", "--scope", "assets:*"])
+        .env("PORTCULLIS_DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let printed = String::from_utf8_lossy(&key.stdout).trim().to_owned();
+    assert!(
+        printed.starts_with("pcs_live_"),
+        "stdout is the key alone: {printed}"
+    );
+
+    let config = test_config(&db);
+    let app = TestApp::start_on(
+        db,
+        config,
+        portcullis::domain::ManualClock::new(crate::support::epoch()),
+    )
+    .await;
+    let principal = app.validate(&printed).await.unwrap();
+    assert_eq!(principal.email, "deploy@svc.example.com");
+    assert_eq!(
+        principal.scopes,
+        vec!["portcullis:users:read".to_owned(), "assets:*".to_owned()]
+    );
+    let key_id = match principal.credential_id {
+        Some(pb::principal::CredentialId::KeyId(id)) => id,
+        other => panic!("not a key: {other:?}"),
+    };
+
+    let revoked = portcullis()
+        .args(["key", "revoke", &key_id.to_string()])
+        .env("PORTCULLIS_DATABASE_URL", &app.db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    // Another process revoked it: this server's cache entry lives at most
+    // token_cache_ttl; an uncached validation sees the revocation at once.
+    let fresh = app.restart_with(|_| {}).await;
+    assert_error(
+        &fresh.validate(&printed).await.unwrap_err(),
+        Code::Unauthenticated,
+        "UNAUTHORIZED",
+    );
+
+    let unknown = portcullis()
+        .args(["key", "revoke", "999"])
+        .env("PORTCULLIS_DATABASE_URL", &fresh.db.url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
+    fresh.stop().await;
+}
