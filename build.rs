@@ -21,6 +21,15 @@ const SECRET_MESSAGES: &[&str] = &[
     ".portcullis.v1.SetPasswordRequest",
     ".portcullis.v1.CreateApiKeyResponse",
     ".portcullis.v1.RotateApiKeyResponse",
+    ".portcullis.v1.VerifyMfaRequest",
+    ".portcullis.v1.SendMfaCodeRequest",
+    ".portcullis.v1.EnrollTotpResponse",
+    ".portcullis.v1.ConfirmTotpRequest",
+    ".portcullis.v1.ConfirmTotpResponse",
+    ".portcullis.v1.ConfirmEmailMfaRequest",
+    ".portcullis.v1.ConfirmEmailMfaResponse",
+    ".portcullis.v1.DisableMfaRequest",
+    ".portcullis.v1.RegenerateRecoveryCodesResponse",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

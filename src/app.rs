@@ -12,12 +12,14 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::Config,
     domain::{
-        Clock, Domain, Settings, SystemClock, Validator,
+        Clock, Domain, MfaSettings, Settings, SystemClock, Validator,
         password::{Hasher, HasherConfig},
+        seal::Sealer,
         token::TokenFormat,
         validate::CacheConfig,
     },
     grpc::{AuthService, KeyService, UserService},
+    mail::Mailer,
     proto::{
         self,
         v1::{
@@ -67,9 +69,15 @@ impl App {
             },
         );
         let settings = Settings::from_config(&config)?;
-        let domain = Arc::new(Domain::new(
-            store, clock, hasher, tokens, validator, settings,
-        ));
+        let master = config.load_mfa_key()?;
+        let mfa = MfaSettings {
+            sealer: Sealer::new(&master)?,
+            mailer: Mailer::from_config(&config)?,
+            issuer: config.mfa_issuer.clone(),
+            pending_lifetime: chrono::Duration::from_std(config.mfa_pending_lifetime)?,
+            email_code_lifetime: chrono::Duration::from_std(config.email_code_lifetime)?,
+        };
+        let domain = Arc::new(Domain::new(store, clock, hasher, tokens, validator, settings, mfa));
         Ok(Self { domain, config })
     }
 
@@ -91,11 +99,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let Self { domain, config } = self;
         let (health, health_service) = tonic_health::server::health_reporter();
-        let probe = tokio::spawn(probe_database(
-            Arc::clone(&domain),
-            health,
-            config.health_probe_interval,
-        ));
+        let probe = tokio::spawn(probe_database(Arc::clone(&domain), health, config.health_probe_interval));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -111,13 +115,12 @@ impl App {
             .build_v1alpha()?;
 
         let max = config.max_message_bytes;
-        let auth = AuthServiceServer::new(AuthService::new(Arc::clone(&domain)))
-            .max_decoding_message_size(max);
-        let users = UserServiceServer::new(UserService::new(Arc::clone(&domain)))
-            .max_decoding_message_size(max);
+        let auth =
+            AuthServiceServer::new(AuthService::new(Arc::clone(&domain))).max_decoding_message_size(max);
+        let users =
+            UserServiceServer::new(UserService::new(Arc::clone(&domain))).max_decoding_message_size(max);
 
-        let keys = KeyServiceServer::new(KeyService::new(Arc::clone(&domain)))
-            .max_decoding_message_size(max);
+        let keys = KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max);
 
         let address = listener.local_addr()?;
         tracing::info!(%address, "portcullis listening");
@@ -150,10 +153,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    App::build(config, Arc::new(SystemClock))
-        .await?
-        .serve(listener, shutdown)
-        .await
+    App::build(config, Arc::new(SystemClock)).await?.serve(listener, shutdown).await
 }
 
 /// Reports NOT_SERVING while the database does not answer.

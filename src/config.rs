@@ -71,10 +71,63 @@ pub struct Config {
     /// How often the health service asks the database whether it answers.
     #[serde(with = "humantime_serde")]
     pub health_probe_interval: Duration,
+    /// Master key for secrets at rest (TOTP secrets, code digests): 32 bytes,
+    /// base64. Required with PostgreSQL; with SQLite a key file is made
+    /// beside the database when neither this nor `mfa_key_file` is set.
+    pub mfa_key: String,
+    /// File holding the master key (base64), instead of `mfa_key`.
+    pub mfa_key_file: Option<std::path::PathBuf>,
+    /// Issuer shown in authenticator apps.
+    pub mfa_issuer: String,
+    /// How long a pending (password-only) login waits for its second factor.
+    #[serde(with = "humantime_serde")]
+    pub mfa_pending_lifetime: Duration,
+    /// How long an emailed code is valid.
+    #[serde(with = "humantime_serde")]
+    pub email_code_lifetime: Duration,
+    /// How one-time codes are emailed: `off`, `smtp`, or `log` (development
+    /// only: writes codes to the log).
+    pub mail_transport: MailTransport,
+    /// SMTP server host.
+    pub smtp_host: String,
+    /// SMTP server port.
+    pub smtp_port: u16,
+    /// `starttls`, `tls` (implicit TLS) or `none` (loopback testing only).
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name; empty for no authentication.
+    pub smtp_username: String,
+    /// SMTP password.
+    pub smtp_password: String,
+    /// Sender address, e.g. `portcullis <no-reply@example.com>`.
+    pub smtp_from: String,
     /// Log filter (`tracing` `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log_filter: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+}
+
+/// How one-time codes are emailed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// No email; the email method is unavailable.
+    Off,
+    /// SMTP.
+    Smtp,
+    /// Write codes to the log (development only, unsafe).
+    Log,
+}
+
+/// TLS towards the SMTP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Upgrade with STARTTLS (port 587).
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// No TLS: loopback test servers only.
+    None,
 }
 
 /// Log line format.
@@ -112,6 +165,18 @@ impl Default for Config {
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(10),
             health_probe_interval: Duration::from_secs(5),
+            mfa_key: String::new(),
+            mfa_key_file: None,
+            mfa_issuer: "portcullis".into(),
+            mfa_pending_lifetime: Duration::from_mins(5),
+            email_code_lifetime: Duration::from_mins(10),
+            mail_transport: MailTransport::Off,
+            smtp_host: String::new(),
+            smtp_port: 587,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: String::new(),
+            smtp_password: String::new(),
+            smtp_from: "portcullis <no-reply@localhost>".into(),
             log_filter: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -128,6 +193,10 @@ impl std::fmt::Debug for Config {
             .field("session_lifetime", &self.session_lifetime)
             .field("session_absolute_lifetime", &self.session_absolute_lifetime)
             .field("refresh_grace", &self.refresh_grace)
+            .field("mfa_key", &if self.mfa_key.is_empty() { "" } else { "<redacted>" })
+            .field("mail_transport", &self.mail_transport)
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_password", &if self.smtp_password.is_empty() { "" } else { "<redacted>" })
             .finish_non_exhaustive()
     }
 }
@@ -147,16 +216,13 @@ impl Config {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError(format!(
-                    "file {} does not exist",
-                    file.display()
-                )));
+                return Err(ConfigError(format!("file {} does not exist", file.display())));
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::raw().only(&["DATABASE_URL"])).merge(
-            Env::prefixed("PORTCULLIS_").ignore(&["CONFIG", "TEST_DATABASE_URL", "USER_PASSWORD"]),
-        );
+        figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("PORTCULLIS_").ignore(&["CONFIG", "TEST_DATABASE_URL", "USER_PASSWORD"]));
         let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.check()?;
         Ok(config)
@@ -170,35 +236,21 @@ impl Config {
         let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
         if self.token_prefix.is_empty()
             || self.token_prefix.len() > 16
-            || !self
-                .token_prefix
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            || !self.token_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         {
-            return bad(
-                "token_prefix",
-                "must be 1 to 16 lower-case letters or digits",
-            );
+            return bad("token_prefix", "must be 1 to 16 lower-case letters or digits");
         }
         if self.session_lifetime < Duration::from_mins(1) {
             return bad("session_lifetime", "must be at least 1 minute");
         }
         if self.session_absolute_lifetime < self.session_lifetime {
-            return bad(
-                "session_absolute_lifetime",
-                "must be at least session_lifetime",
-            );
+            return bad("session_absolute_lifetime", "must be at least session_lifetime");
         }
         if self.refresh_grace > Duration::from_mins(10) {
             return bad("refresh_grace", "must be at most 10 minutes");
         }
-        if argon2::Params::new(
-            self.argon2_memory_kib,
-            self.argon2_iterations,
-            self.argon2_parallelism,
-            None,
-        )
-        .is_err()
+        if argon2::Params::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism, None)
+            .is_err()
         {
             return bad(
                 "argon2_memory_kib/argon2_iterations/argon2_parallelism",
@@ -211,10 +263,104 @@ impl Config {
         if self.database_max_connections == 0 {
             return bad("database_max_connections", "must be at least 1");
         }
+        if self.mfa_pending_lifetime < Duration::from_secs(30)
+            || self.mfa_pending_lifetime > Duration::from_hours(1)
+        {
+            return bad("mfa_pending_lifetime", "must be between 30 seconds and 1 hour");
+        }
+        if self.email_code_lifetime < Duration::from_mins(1)
+            || self.email_code_lifetime > Duration::from_hours(1)
+        {
+            return bad("email_code_lifetime", "must be between 1 minute and 1 hour");
+        }
+        if self.mfa_issuer.is_empty() || self.mfa_issuer.contains(':') {
+            return bad("mfa_issuer", "must be non-empty and contain no ':'");
+        }
         if self.session_cookie_name.is_empty() || self.token_query_param.is_empty() {
             return bad("session_cookie_name/token_query_param", "must not be empty");
         }
         Ok(())
+    }
+
+    /// The master key for secrets at rest: `mfa_key`, else `mfa_key_file`,
+    /// else (SQLite only) a key file beside the database, made on first start
+    /// with owner-only permissions.
+    ///
+    /// # Errors
+    /// A malformed key, an unreadable file, or PostgreSQL without a key.
+    pub fn load_mfa_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
+        use base64::Engine as _;
+        let decode = |name: &str, text: &str| {
+            let bytes = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| ConfigError(format!("{name}: not base64")))?,
+            );
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            if bytes.len() != key.len() {
+                return Err(ConfigError(format!(
+                    "{name}: must be 32 bytes (base64 of `openssl rand -base64 32`)"
+                )));
+            }
+            key.copy_from_slice(&bytes);
+            Ok(key)
+        };
+        if !self.mfa_key.is_empty() {
+            return decode("mfa_key", &self.mfa_key);
+        }
+        let path = match (&self.mfa_key_file, self.sqlite_path()) {
+            (Some(path), _) => path.clone(),
+            (None, Some(database)) => database.with_extension("key"),
+            (None, None) if self.is_sqlite() => {
+                tracing::warn!(
+                    "in-memory SQLite without mfa_key: secrets at rest use a key that dies with the process"
+                );
+                let mut key = zeroize::Zeroizing::new([0u8; 32]);
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), key.as_mut())
+                    .map_err(|_| ConfigError("mfa_key: the random source failed".into()))?;
+                return Ok(key);
+            }
+            (None, None) => {
+                return Err(ConfigError(
+                    "mfa_key: required with PostgreSQL (set PORTCULLIS_MFA_KEY to `openssl rand -base64 32`, \
+                     or mfa_key_file); every replica needs the same key"
+                        .into(),
+                ));
+            }
+        };
+        if path.exists() {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| ConfigError(format!("mfa_key_file {}: {e}", path.display())))?,
+            );
+            return decode("mfa_key_file", &text);
+        }
+        if self.mfa_key_file.is_some() {
+            return Err(ConfigError(format!("mfa_key_file {}: does not exist", path.display())));
+        }
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), key.as_mut())
+            .map_err(|_| ConfigError("mfa_key: the random source failed".into()))?;
+        let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
+        write_owner_only(&path, text.as_bytes())
+            .map_err(|e| ConfigError(format!("mfa_key_file {}: cannot create: {e}", path.display())))?;
+        tracing::warn!(
+            path = %path.display(),
+            "generated a new mfa_key beside the SQLite database; back it up with the database \
+             (without it, enrolled TOTP secrets cannot be read)"
+        );
+        Ok(key)
+    }
+
+    /// The SQLite database file, when the URL names one.
+    fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let rest = rest.trim_start_matches("//");
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() || path.contains(":memory:") || path == ":memory" {
+            return None;
+        }
+        Some(std::path::PathBuf::from(path))
     }
 
     /// True when the database is SQLite.
@@ -229,6 +375,16 @@ impl ConfigError {
     pub fn from_message(message: impl Into<String>) -> Self {
         Self(message.into())
     }
+}
+
+/// Writes a new file readable and writable by its owner only.
+fn write_owner_only(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
 }
 
 /// Hides the password in `scheme://user:password@host/…`.
@@ -249,16 +405,11 @@ mod tests {
 
     #[test]
     fn debug_hides_database_password() {
-        let config = Config {
-            database_url: "postgres://app:hunter2@db/portcullis".into(),
-            ..Config::default()
-        };
+        let config =
+            Config { database_url: "postgres://app:hunter2@db/portcullis".into(), ..Config::default() };
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(
-            shown.contains("postgres://app:<redacted>@db/portcullis"),
-            "{shown}"
-        );
+        assert!(shown.contains("postgres://app:<redacted>@db/portcullis"), "{shown}");
     }
 
     #[test]
@@ -267,18 +418,11 @@ mod tests {
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment::Jail's closure returns figment::Error"
-    )]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure returns figment::Error")]
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("portcullis.toml");
-        std::fs::write(
-            &file,
-            "token_prefix = \"s4e\"\nsession_lifetime = \"10h\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "token_prefix = \"s4e\"\nsession_lifetime = \"10h\"\n").unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("PORTCULLIS_SESSION_LIFETIME", "2h");
             jail.set_env("DATABASE_URL", "postgres://db/portcullis");
@@ -292,10 +436,7 @@ mod tests {
     }
 
     #[test]
-    #[allow(
-        clippy::result_large_err,
-        reason = "figment::Jail's closure returns figment::Error"
-    )]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure returns figment::Error")]
     fn a_missing_file_or_unknown_key_is_refused() {
         assert!(Config::load(Some(Path::new("/nonexistent/portcullis.toml"))).is_err());
         figment::Jail::expect_with(|jail| {
@@ -307,11 +448,36 @@ mod tests {
     }
 
     #[test]
-    fn bad_prefix_is_named() {
+    fn sqlite_makes_an_owner_only_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
         let config = Config {
-            token_prefix: "Bad_Prefix".into(),
+            database_url: format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display()),
             ..Config::default()
         };
+        let first = config.load_mfa_key().unwrap();
+        let file = dir.path().join("p.key");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(*config.load_mfa_key().unwrap(), *first, "the same key on the next start");
+    }
+
+    #[test]
+    fn postgres_without_a_key_stops_start_up() {
+        let config = Config { database_url: "postgres://db/portcullis".into(), ..Config::default() };
+        let err = config.load_mfa_key().unwrap_err().to_string();
+        assert!(err.contains("mfa_key") && err.contains("PostgreSQL"), "{err}");
+        let short = Config { mfa_key: "c2hvcnQ=".into(), ..config.clone() };
+        assert!(short.load_mfa_key().unwrap_err().to_string().contains("32 bytes"));
+        let good = Config { mfa_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(), ..config };
+        assert_eq!(*good.load_mfa_key().unwrap(), [0u8; 32]);
+    }
+
+    #[test]
+    fn bad_prefix_is_named() {
+        let config = Config { token_prefix: "Bad_Prefix".into(), ..Config::default() };
         let err = config.check().unwrap_err().to_string();
         assert!(err.contains("token_prefix"), "{err}");
     }

@@ -116,17 +116,8 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::User(UserCommand::Create {
-            email,
-            role,
-            password_stdin,
-            service,
-        }) => {
-            let password = if service {
-                String::new()
-            } else {
-                read_password(password_stdin)?
-            };
+        Command::User(UserCommand::Create { email, role, password_stdin, service }) => {
+            let password = if service { String::new() } else { read_password(password_stdin)? };
             let app = App::build(config, Arc::new(SystemClock)).await?;
             let role = match role {
                 CliRole::User => Role::User,
@@ -138,37 +129,20 @@ async fn main() -> anyhow::Result<()> {
                     email,
                     password,
                     role,
-                    kind: if service {
-                        UserKind::Service
-                    } else {
-                        UserKind::Human
-                    },
+                    kind: if service { UserKind::Service } else { UserKind::Human },
                     session_lifetime: None,
                 })
                 .await?;
-            println!(
-                "created user {} <{}> with role {}",
-                user.id,
-                user.email.as_str(),
-                role.as_str()
-            );
+            println!("created user {} <{}> with role {}", user.id, user.email.as_str(), role.as_str());
             Ok(())
         }
-        Command::Key(KeyCommand::Create {
-            owner,
-            name,
-            scopes,
-            env,
-        }) => {
+        Command::Key(KeyCommand::Create { owner, name, scopes, env }) => {
             let app = App::build(config, Arc::new(SystemClock)).await?;
             let environment = match env {
                 CliEnvironment::Live => KeyEnvironment::Live,
                 CliEnvironment::Test => KeyEnvironment::Test,
             };
-            let issued = app
-                .domain()
-                .create_key_unchecked(&owner, &name, scopes, environment)
-                .await?;
+            let issued = app.domain().create_key_unchecked(&owner, &name, scopes, environment).await?;
             eprintln!(
                 "created API key {} ({}) for {owner}; it is shown once:",
                 issued.api_key.id, issued.api_key.display_prefix

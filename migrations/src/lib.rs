@@ -8,6 +8,7 @@ mod m20261124_000001_create_users;
 mod m20261124_000002_create_sessions;
 mod m20261124_000003_add_user_kind;
 mod m20261124_000004_create_api_keys;
+mod m20261124_000005_create_mfa;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_sessions::Migration),
             Box::new(m20261124_000003_add_user_kind::Migration),
             Box::new(m20261124_000004_create_api_keys::Migration),
+            Box::new(m20261124_000005_create_mfa::Migration),
         ]
     }
 }

@@ -24,14 +24,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Users::Table)
-                    .drop_column(UserKind::Kind)
-                    .to_owned(),
-            )
-            .await
+        manager.alter_table(Table::alter().table(Users::Table).drop_column(UserKind::Kind).to_owned()).await
     }
 }
 

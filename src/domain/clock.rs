@@ -19,10 +19,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the one place that reads the wall clock"
-    )]
+    #[allow(clippy::disallowed_methods, reason = "the one place that reads the wall clock")]
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
     }
@@ -38,9 +35,7 @@ impl ManualClock {
     /// A clock showing `start`.
     #[must_use]
     pub fn new(start: DateTime<Utc>) -> Self {
-        Self {
-            micros: Arc::new(AtomicI64::new(start.timestamp_micros())),
-        }
+        Self { micros: Arc::new(AtomicI64::new(start.timestamp_micros())) }
     }
 
     /// Moves the clock forward by `by`.

@@ -71,10 +71,7 @@ where
 
     let query = query.strip_prefix('?').unwrap_or(query);
     if query.len() > MAX_INPUT_BYTES {
-        return Err(Error::invalid(
-            "query",
-            format!("longer than {MAX_INPUT_BYTES} bytes"),
-        ));
+        return Err(Error::invalid("query", format!("longer than {MAX_INPUT_BYTES} bytes")));
     }
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         if name == sources.query_param.as_str() {
@@ -94,10 +91,7 @@ mod tests {
     use super::*;
 
     fn sources() -> Sources {
-        Sources {
-            cookie_name: "portcullis_session".into(),
-            query_param: "token".into(),
-        }
+        Sources { cookie_name: "portcullis_session".into(), query_param: "token".into() }
     }
 
     fn find_in(headers: &[(&str, &str)], query: &str) -> Result<String> {
@@ -106,23 +100,11 @@ mod tests {
 
     #[test]
     fn each_form_is_found() {
-        assert_eq!(
-            find_in(&[("Authorization", "Bearer abc")], "").unwrap(),
-            "abc"
-        );
-        assert_eq!(
-            find_in(&[("authorization", "bearer abc")], "").unwrap(),
-            "abc"
-        );
-        assert_eq!(
-            find_in(&[("AUTHORIZATION", "Token abc")], "").unwrap(),
-            "abc"
-        );
+        assert_eq!(find_in(&[("Authorization", "Bearer abc")], "").unwrap(), "abc");
+        assert_eq!(find_in(&[("authorization", "bearer abc")], "").unwrap(), "abc");
+        assert_eq!(find_in(&[("AUTHORIZATION", "Token abc")], "").unwrap(), "abc");
         assert_eq!(find_in(&[("X-Api-Key", "abc")], "").unwrap(), "abc");
-        assert_eq!(
-            find_in(&[("Cookie", "theme=dark; portcullis_session=abc; x=1")], "").unwrap(),
-            "abc"
-        );
+        assert_eq!(find_in(&[("Cookie", "theme=dark; portcullis_session=abc; x=1")], "").unwrap(), "abc");
         assert_eq!(find_in(&[], "a=1&token=abc&b=2").unwrap(), "abc");
         assert_eq!(find_in(&[], "?token=ab%2Bc").unwrap(), "ab+c");
     }
@@ -136,10 +118,7 @@ mod tests {
     #[test]
     fn different_tokens_are_ambiguous() {
         let headers = [("Authorization", "Bearer abc"), ("X-API-Key", "xyz")];
-        assert!(matches!(
-            find_in(&headers, ""),
-            Err(Error::Unauthenticated(AuthFailure::Ambiguous))
-        ));
+        assert!(matches!(find_in(&headers, ""), Err(Error::Unauthenticated(AuthFailure::Ambiguous))));
         assert!(matches!(
             find_in(&[("authorization", "Bearer abc")], "token=xyz"),
             Err(Error::Unauthenticated(AuthFailure::Ambiguous))
@@ -152,10 +131,7 @@ mod tests {
 
     #[test]
     fn nothing_or_other_schemes_are_missing() {
-        assert!(matches!(
-            find_in(&[], ""),
-            Err(Error::Unauthenticated(AuthFailure::Missing))
-        ));
+        assert!(matches!(find_in(&[], ""), Err(Error::Unauthenticated(AuthFailure::Missing))));
         assert!(matches!(
             find_in(&[("Authorization", "Bearer   ")], ""),
             Err(Error::Unauthenticated(AuthFailure::Missing))
@@ -175,14 +151,8 @@ mod tests {
         let big = "x".repeat(MAX_INPUT_BYTES + 1);
         assert!(matches!(
             find_in(&[("X-API-Key", big.as_str())], ""),
-            Err(Error::InvalidArgument {
-                field: "headers",
-                ..
-            })
+            Err(Error::InvalidArgument { field: "headers", .. })
         ));
-        assert!(matches!(
-            find_in(&[], &big),
-            Err(Error::InvalidArgument { field: "query", .. })
-        ));
+        assert!(matches!(find_in(&[], &big), Err(Error::InvalidArgument { field: "query", .. })));
     }
 }

@@ -29,6 +29,10 @@ pub enum Error {
     /// The named thing does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The request is well-formed but the account is not in a state that
+    /// allows it (e.g. confirming TOTP without enrolling).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The named thing exists already.
     #[error("{0} already exists")]
     AlreadyExists(&'static str),
@@ -64,6 +68,9 @@ pub enum AuthFailure {
     /// and a disabled account.
     #[error("invalid email or password")]
     InvalidLogin,
+    /// A second-factor code is wrong, used, or expired.
+    #[error("invalid or expired code")]
+    InvalidCode,
     /// The current password given to change it is wrong.
     #[error("the current password is not correct")]
     WrongPassword,
@@ -81,10 +88,7 @@ pub enum AuthFailure {
 impl Error {
     /// An `INVALID_ARGUMENT` naming `field`.
     pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
-        Self::InvalidArgument {
-            field,
-            description: description.into(),
-        }
+        Self::InvalidArgument { field, description: description.into() }
     }
 
     /// A `FORBIDDEN` for lack of `scope`.

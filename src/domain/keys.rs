@@ -9,8 +9,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKey, Domain, Error, IssuedKey, KeyEnvironment, Page, Principal, Result, page_size,
-    page_token, parse_page_token, scope, token::TokenFormat,
+    ApiKey, Domain, Error, IssuedKey, KeyEnvironment, Page, Principal, Result, page_size, page_token,
+    parse_page_token, scope, token::TokenFormat,
 };
 use crate::store::NewKey;
 
@@ -59,10 +59,7 @@ impl Domain {
         let owner_id = match input.owner_id {
             0 => caller.user_id,
             id if id < 0 => {
-                return Err(Error::invalid(
-                    "owner_id",
-                    "must be a user id, or 0 for yourself",
-                ));
+                return Err(Error::invalid("owner_id", "must be a user id, or 0 for yourself"));
             }
             id => {
                 if id != caller.user_id {
@@ -82,16 +79,7 @@ impl Domain {
         if self.store.user(owner_id).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        self.insert_new_key(
-            owner_id,
-            name,
-            scopes,
-            input.environment,
-            input.expires_at,
-            None,
-            now,
-        )
-        .await
+        self.insert_new_key(owner_id, name, scopes, input.environment, input.expires_at, None, now).await
     }
 
     /// Creates a key for the user with `owner_email`, with no caller: the
@@ -107,23 +95,10 @@ impl Domain {
         environment: KeyEnvironment,
     ) -> Result<IssuedKey> {
         let email = super::Email::parse(owner_email, "owner")?;
-        let (owner, _) = self
-            .store
-            .user_by_email(&email)
-            .await?
-            .ok_or(Error::NotFound("user"))?;
+        let (owner, _) = self.store.user_by_email(&email).await?.ok_or(Error::NotFound("user"))?;
         let name = check_name(name, "name")?;
         let scopes = check_syntax_all(scopes, "scopes")?;
-        self.insert_new_key(
-            owner.id,
-            name,
-            scopes,
-            environment,
-            None,
-            None,
-            self.clock.now(),
-        )
-        .await
+        self.insert_new_key(owner.id, name, scopes, environment, None, None, self.clock.now()).await
     }
 
     #[allow(clippy::too_many_arguments, reason = "one private constructor of rows")]
@@ -182,15 +157,8 @@ impl Domain {
         let keys = self.store.list_keys(owner_id, before, limit + 1).await?;
         let more = keys.len() as u64 > limit;
         let items: Vec<ApiKey> = keys.into_iter().take(limit as usize).collect();
-        let next_page_token = if more {
-            items.last().map(|k| page_token(k.id))
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let next_page_token = if more { items.last().map(|k| page_token(k.id)) } else { None };
+        Ok(Page { items, next_page_token })
     }
 
     /// Changes a key's name or scopes.
@@ -198,26 +166,11 @@ impl Domain {
     /// # Errors
     /// `NotFound`, `Forbidden` (a scope the caller does not hold),
     /// `InvalidArgument`.
-    pub async fn update_key(
-        &self,
-        caller: &Principal,
-        key_id: i64,
-        patch: KeyPatch,
-    ) -> Result<ApiKey> {
-        let name = patch
-            .name
-            .map(|name| check_name(&name, "api_key.name"))
-            .transpose()?;
-        let scopes = patch
-            .scopes
-            .map(|s| check_scopes(caller, s, "api_key.scopes"))
-            .transpose()?;
+    pub async fn update_key(&self, caller: &Principal, key_id: i64, patch: KeyPatch) -> Result<ApiKey> {
+        let name = patch.name.map(|name| check_name(&name, "api_key.name")).transpose()?;
+        let scopes = patch.scopes.map(|s| check_scopes(caller, s, "api_key.scopes")).transpose()?;
         self.visible_key(caller, key_id, scope::KEYS_WRITE).await?;
-        let key = self
-            .store
-            .update_key(key_id, name, scopes)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let key = self.store.update_key(key_id, name, scopes).await?.ok_or(Error::NotFound("api key"))?;
         self.validator.forget_key(key_id);
         tracing::info!(key_id, "api key updated");
         Ok(key)
@@ -236,10 +189,7 @@ impl Domain {
         self.store.revoke_key(key_id, now).await?;
         self.validator.forget_key(key_id);
         tracing::info!(key_id, "api key revoked");
-        self.store
-            .key(key_id)
-            .await?
-            .ok_or(Error::NotFound("api key"))
+        self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
     }
 
     /// Revokes a key with no caller: the CLI's.
@@ -247,10 +197,7 @@ impl Domain {
     /// # Errors
     /// `NotFound` for an unknown key.
     pub async fn revoke_key_unchecked(&self, key_id: i64) -> Result<()> {
-        self.store
-            .key(key_id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;
         self.store.revoke_key(key_id, self.clock.now()).await?;
         self.validator.forget_key(key_id);
         Ok(())
@@ -283,10 +230,7 @@ impl Domain {
         }
         let now = self.clock.now();
         if old.is_revoked(now) {
-            return Err(Error::invalid(
-                "key_id",
-                "the key is revoked; create a new one",
-            ));
+            return Err(Error::invalid("key_id", "the key is revoked; create a new one"));
         }
         let (key, hash) = self.tokens.generate(old.environment.token_kind())?;
         let new = NewKey {
@@ -300,22 +244,11 @@ impl Domain {
             expires_at: old.expires_at,
             rotated_from_id: Some(old.id),
         };
-        let Some((api_key, previous)) = self
-            .store
-            .rotate_key(old.id, now + overlap, now, new)
-            .await?
-        else {
-            return Err(Error::invalid(
-                "key_id",
-                "the key was revoked or rotated meanwhile",
-            ));
+        let Some((api_key, previous)) = self.store.rotate_key(old.id, now + overlap, now, new).await? else {
+            return Err(Error::invalid("key_id", "the key was revoked or rotated meanwhile"));
         };
         self.validator.forget_key(old.id);
-        tracing::info!(
-            old_key_id = old.id,
-            new_key_id = api_key.id,
-            "api key rotated"
-        );
+        tracing::info!(old_key_id = old.id, new_key_id = api_key.id, "api key rotated");
         Ok((IssuedKey { key, api_key }, previous))
     }
 
@@ -325,11 +258,7 @@ impl Domain {
         if key_id <= 0 {
             return Err(Error::invalid("key_id", "must be a positive key id"));
         }
-        let key = self
-            .store
-            .key(key_id)
-            .await?
-            .ok_or(Error::NotFound("api key"))?;
+        let key = self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;
         if key.owner_id == caller.user_id || caller.has_scope(needed) {
             Ok(key)
         } else if caller.has_scope(scope::KEYS_READ) {
@@ -346,20 +275,14 @@ fn check_name(name: &str, field: &'static str) -> Result<String> {
         return Err(Error::invalid(field, "must not be empty"));
     }
     if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_NAME_CHARS} printable characters"),
-        ));
+        return Err(Error::invalid(field, format!("must be at most {MAX_NAME_CHARS} printable characters")));
     }
     Ok(name.to_owned())
 }
 
 fn check_syntax_all(scopes: Vec<String>, field: &'static str) -> Result<Vec<String>> {
     if scopes.len() > MAX_SCOPES {
-        return Err(Error::invalid(
-            field,
-            format!("at most {MAX_SCOPES} scopes"),
-        ));
+        return Err(Error::invalid(field, format!("at most {MAX_SCOPES} scopes")));
     }
     let mut checked: Vec<String> = Vec::with_capacity(scopes.len());
     for wanted in scopes {
@@ -372,11 +295,7 @@ fn check_syntax_all(scopes: Vec<String>, field: &'static str) -> Result<Vec<Stri
 }
 
 /// Checks syntax and that the caller holds every scope it grants.
-fn check_scopes(
-    caller: &Principal,
-    scopes: Vec<String>,
-    field: &'static str,
-) -> Result<Vec<String>> {
+fn check_scopes(caller: &Principal, scopes: Vec<String>, field: &'static str) -> Result<Vec<String>> {
     let scopes = check_syntax_all(scopes, field)?;
     if let Some(missing) = scope::first_missing(&caller.scopes, &scopes) {
         return Err(Error::Forbidden {

@@ -9,8 +9,10 @@ pub mod credential;
 mod error;
 mod keys;
 mod login;
+mod mfa;
 pub mod password;
 pub mod scope;
+pub mod seal;
 mod sessions;
 pub mod token;
 mod types;
@@ -23,6 +25,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthFailure, Error, Result};
 pub use keys::{KeyPage, KeyPatch, NewKeyInput};
 pub use login::LoginInput;
+pub use mfa::TotpEnrollment;
 pub use sessions::SessionPage;
 pub use types::*;
 pub use users::{NewUserInput, UserPage, UserPatch};
@@ -38,6 +41,22 @@ pub struct Domain {
     tokens: token::TokenFormat,
     validator: Validator,
     settings: Settings,
+    mfa: MfaSettings,
+}
+
+/// What the second-factor rules need besides the store.
+#[derive(Debug)]
+pub struct MfaSettings {
+    /// Seals TOTP secrets and digests codes.
+    pub sealer: seal::Sealer,
+    /// Delivers emailed codes.
+    pub mailer: crate::mail::Mailer,
+    /// Issuer shown in authenticator apps.
+    pub issuer: String,
+    /// How long a pending login waits for its second factor.
+    pub pending_lifetime: chrono::Duration,
+    /// How long an emailed code is valid.
+    pub email_code_lifetime: chrono::Duration,
 }
 
 /// The subset of [`Config`] the rules read, as domain types.
@@ -60,9 +79,8 @@ impl Settings {
     /// A duration too large to represent.
     pub fn from_config(config: &Config) -> std::result::Result<Self, crate::config::ConfigError> {
         let duration = |d: std::time::Duration| {
-            chrono::Duration::from_std(d).map_err(|_| {
-                crate::config::ConfigError::from_message(format!("duration {d:?} is too large"))
-            })
+            chrono::Duration::from_std(d)
+                .map_err(|_| crate::config::ConfigError::from_message(format!("duration {d:?} is too large")))
         };
         Ok(Self {
             session_lifetime: duration(config.session_lifetime)?,
@@ -86,15 +104,9 @@ impl Domain {
         tokens: token::TokenFormat,
         validator: Validator,
         settings: Settings,
+        mfa: MfaSettings,
     ) -> Self {
-        Self {
-            store,
-            clock,
-            hasher,
-            tokens,
-            validator,
-            settings,
-        }
+        Self { store, clock, hasher, tokens, validator, settings, mfa }
     }
 
     /// The password hasher (its counters are observable).

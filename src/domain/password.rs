@@ -49,23 +49,14 @@ impl Password {
             return Err(Error::invalid(field, "must not be empty"));
         }
         if input.len() > MAX_BYTES {
-            return Err(Error::invalid(
-                field,
-                format!("must be at most {MAX_BYTES} bytes"),
-            ));
+            return Err(Error::invalid(field, format!("must be at most {MAX_BYTES} bytes")));
         }
         let normalised: String = input.nfkc().collect();
         if normalised.len() > MAX_BYTES {
-            return Err(Error::invalid(
-                field,
-                format!("must be at most {MAX_BYTES} bytes"),
-            ));
+            return Err(Error::invalid(field, format!("must be at most {MAX_BYTES} bytes")));
         }
         if normalised.chars().count() < MIN_CHARS {
-            return Err(Error::invalid(
-                field,
-                format!("must be at least {MIN_CHARS} characters"),
-            ));
+            return Err(Error::invalid(field, format!("must be at least {MIN_CHARS} characters")));
         }
         Ok(Self(SecretString::from(normalised)))
     }
@@ -109,9 +100,7 @@ pub struct Hasher {
 
 impl std::fmt::Debug for Hasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hasher")
-            .field("params", self.argon2.params())
-            .finish_non_exhaustive()
+        f.debug_struct("Hasher").field("params", self.argon2.params()).finish_non_exhaustive()
     }
 }
 
@@ -122,13 +111,8 @@ impl Hasher {
     /// # Errors
     /// Invalid argon2 parameters.
     pub fn new(config: HasherConfig) -> Result<Self> {
-        let params = Params::new(
-            config.memory_kib,
-            config.iterations,
-            config.parallelism,
-            None,
-        )
-        .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
+        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| Error::Internal(format!("argon2 parameters: {e}")))?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
@@ -179,14 +163,10 @@ impl Hasher {
         self.verifications.fetch_add(1, Ordering::Relaxed);
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&stored) else {
-                return Err(Error::Internal(
-                    "stored password hash is not a PHC string".into(),
-                ));
+                return Err(Error::Internal("stored password hash is not a PHC string".into()));
             };
-            let matched = known
-                && argon2
-                    .verify_password(password.expose_secret().as_bytes(), &parsed)
-                    .is_ok();
+            let matched =
+                known && argon2.verify_password(password.expose_secret().as_bytes(), &parsed).is_ok();
             if !known {
                 // Same work as a real check; the result is thrown away.
                 let _ = argon2.verify_password(password.expose_secret().as_bytes(), &parsed);
@@ -200,10 +180,7 @@ impl Hasher {
             } else {
                 None
             };
-            Ok(Verification {
-                matched,
-                upgraded_hash,
-            })
+            Ok(Verification { matched, upgraded_hash })
         })
         .await
     }
@@ -227,10 +204,7 @@ impl Hasher {
     {
         let Ok(_admitted) = Arc::clone(&self.admission).try_acquire_owned() else {
             self.rejections.fetch_add(1, Ordering::Relaxed);
-            return Err(Error::Overloaded {
-                what: "password hashing",
-                retry_after: Duration::from_secs(1),
-            });
+            return Err(Error::Overloaded { what: "password hashing", retry_after: Duration::from_secs(1) });
         };
         let _worker = Arc::clone(&self.workers)
             .acquire_owned()
@@ -257,13 +231,7 @@ mod tests {
     use super::*;
 
     fn small() -> HasherConfig {
-        HasherConfig {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-            threads: 1,
-            queue_depth: 1,
-        }
+        HasherConfig { memory_kib: 64, iterations: 1, parallelism: 1, threads: 1, queue_depth: 1 }
     }
 
     #[test]
@@ -279,31 +247,18 @@ mod tests {
 
     #[test]
     fn errors_never_contain_the_password() {
-        let err = Password::parse("secret7", "password")
-            .unwrap_err()
-            .to_string();
+        let err = Password::parse("secret7", "password").unwrap_err().to_string();
         assert!(!err.contains("secret7"), "{err}");
-        assert!(
-            !format!("{:?}", Password::parse("secret-password", "p").unwrap()).contains("secret")
-        );
+        assert!(!format!("{:?}", Password::parse("secret-password", "p").unwrap()).contains("secret"));
     }
 
     #[tokio::test]
     async fn normalised_forms_verify_alike() {
         let hasher = Hasher::new(small()).unwrap();
         // "é" precomposed vs. "e" + combining acute.
-        let hash = hasher
-            .hash(Password::parse("caf\u{e9}-password", "p").unwrap())
-            .await
-            .unwrap();
+        let hash = hasher.hash(Password::parse("caf\u{e9}-password", "p").unwrap()).await.unwrap();
         let decomposed = Password::parse("cafe\u{301}-password", "p").unwrap();
-        assert!(
-            hasher
-                .verify(&decomposed, Some(&hash))
-                .await
-                .unwrap()
-                .matched
-        );
+        assert!(hasher.verify(&decomposed, Some(&hash)).await.unwrap().matched);
         let wrong = Password::parse("cafe-password", "p").unwrap();
         assert!(!hasher.verify(&wrong, Some(&hash)).await.unwrap().matched);
     }
@@ -320,15 +275,8 @@ mod tests {
     #[tokio::test]
     async fn changed_parameters_upgrade_the_hash() {
         let old = Hasher::new(small()).unwrap();
-        let hash = old
-            .hash(Password::parse("correct horse", "p").unwrap())
-            .await
-            .unwrap();
-        let new = Hasher::new(HasherConfig {
-            memory_kib: 128,
-            ..small()
-        })
-        .unwrap();
+        let hash = old.hash(Password::parse("correct horse", "p").unwrap()).await.unwrap();
+        let new = Hasher::new(HasherConfig { memory_kib: 128, ..small() }).unwrap();
         let password = Password::parse("correct horse", "p").unwrap();
         let verification = new.verify(&password, Some(&hash)).await.unwrap();
         assert!(verification.matched);
@@ -340,12 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_at_once() {
-        let hasher = Hasher::new(HasherConfig {
-            memory_kib: 32 * 1024,
-            iterations: 3,
-            ..small()
-        })
-        .unwrap();
+        let hasher = Hasher::new(HasherConfig { memory_kib: 32 * 1024, iterations: 3, ..small() }).unwrap();
         let password = || Password::parse("correct horse", "p").unwrap();
         // One running and one queued fill the pool; the rest are refused.
         let results = futures_join_all((0..6).map(|_| {
@@ -354,10 +297,7 @@ mod tests {
             async move { hasher.hash(password).await }
         }))
         .await;
-        let refused = results
-            .iter()
-            .filter(|r| matches!(r, Err(Error::Overloaded { .. })))
-            .count();
+        let refused = results.iter().filter(|r| matches!(r, Err(Error::Overloaded { .. }))).count();
         assert!(refused >= 1, "no request was refused");
         assert_eq!(hasher.rejection_count() as usize, refused);
         assert!(results.iter().any(Result::is_ok));

@@ -29,19 +29,14 @@ pub fn grants(held: &[String], wanted: &str) -> bool {
     held.iter().any(|scope| {
         scope == wanted
             || scope == "*"
-            || scope
-                .strip_suffix('*')
-                .is_some_and(|stem| stem.ends_with(':') && wanted.starts_with(stem))
+            || scope.strip_suffix('*').is_some_and(|stem| stem.ends_with(':') && wanted.starts_with(stem))
     })
 }
 
 /// The first of `required` that `held` does not grant.
 #[must_use]
 pub fn first_missing<'a>(held: &[String], required: &'a [String]) -> Option<&'a str> {
-    required
-        .iter()
-        .map(String::as_str)
-        .find(|wanted| !grants(held, wanted))
+    required.iter().map(String::as_str).find(|wanted| !grants(held, wanted))
 }
 
 /// Checks a scope string's shape: `resource:action`, lower-case letters,
@@ -98,34 +93,16 @@ mod tests {
     #[test]
     fn first_missing_names_the_gap() {
         let required = held(&["a:read", "b:write"]);
-        assert_eq!(
-            first_missing(&held(&["a:read"]), &required),
-            Some("b:write")
-        );
+        assert_eq!(first_missing(&held(&["a:read"]), &required), Some("b:write"));
         assert_eq!(first_missing(&held(&["a:*", "b:*"]), &required), None);
     }
 
     #[test]
     fn scope_syntax() {
-        for good in [
-            "*",
-            "assets:read",
-            "assets:*",
-            "portcullis:users:read",
-            "a-b.c:d_e",
-        ] {
+        for good in ["*", "assets:read", "assets:*", "portcullis:users:read", "a-b.c:d_e"] {
             check_syntax(good).unwrap();
         }
-        for bad in [
-            "",
-            "assets",
-            "Assets:read",
-            "assets:",
-            ":read",
-            "a:*:b",
-            "a b:c",
-            "a:re*d",
-        ] {
+        for bad in ["", "assets", "Assets:read", "assets:", ":read", "a:*:b", "a b:c", "a:re*d"] {
             assert!(check_syntax(bad).is_err(), "{bad:?} accepted");
         }
     }

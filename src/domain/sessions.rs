@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    AuthFailure, Domain, Error, IssuedSession, Page, Principal, Result, Session, SessionState,
-    page_size, page_token, parse_page_token, scope, token::TokenKind,
+    AuthFailure, Domain, Error, IssuedSession, Page, Principal, Result, Session, SessionState, page_size,
+    page_token, parse_page_token, scope, token::TokenKind,
 };
 use crate::store::Rotation;
 
@@ -18,9 +18,7 @@ impl Domain {
     /// # Errors
     /// As [`super::Validator::validate`].
     pub async fn validate_token(&self, token: &str, required: &[String]) -> Result<Principal> {
-        self.validator
-            .validate(token, required, self.clock.now())
-            .await
+        self.validator.validate(token, required, self.clock.now()).await
     }
 
     /// Exchanges a session token for a new one with a fresh expiry window.
@@ -32,10 +30,7 @@ impl Domain {
     /// # Errors
     /// `Unauthenticated` for an invalid, expired or reused token.
     pub async fn refresh(&self, token: &str) -> Result<IssuedSession> {
-        let parsed = self
-            .tokens
-            .parse(token)
-            .map_err(|_| AuthFailure::InvalidToken)?;
+        let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         if parsed.kind != TokenKind::Session {
             return Err(AuthFailure::InvalidToken.into());
         }
@@ -51,13 +46,9 @@ impl Domain {
                 return Err(AuthFailure::InvalidToken.into());
             }
             let (expected, previous_hash, previous_valid_until) = if found.matched_previous {
-                let grace_end = session
-                    .previous_valid_until
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                let grace_end = session.previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC);
                 if now >= grace_end {
-                    self.store
-                        .revoke_session(session.id, "refresh_token_reuse", now)
-                        .await?;
+                    self.store.revoke_session(session.id, "refresh_token_reuse", now).await?;
                     self.validator.forget_session(session.id);
                     tracing::warn!(
                         session_id = session.id,
@@ -98,10 +89,7 @@ impl Domain {
                 });
             }
         }
-        Err(Error::Overloaded {
-            what: "session refresh",
-            retry_after: std::time::Duration::from_secs(1),
-        })
+        Err(Error::Overloaded { what: "session refresh", retry_after: std::time::Duration::from_secs(1) })
     }
 
     /// Ends the session `token` belongs to. Idempotent for a session that is
@@ -110,10 +98,7 @@ impl Domain {
     /// # Errors
     /// `Unauthenticated` for a token that names no session.
     pub async fn logout(&self, token: &str) -> Result<()> {
-        let parsed = self
-            .tokens
-            .parse(token)
-            .map_err(|_| AuthFailure::InvalidToken)?;
+        let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         if !matches!(parsed.kind, TokenKind::Session | TokenKind::MfaPending) {
             return Err(AuthFailure::InvalidToken.into());
         }
@@ -121,9 +106,7 @@ impl Domain {
             return Err(AuthFailure::InvalidToken.into());
         };
         let now = self.clock.now();
-        self.store
-            .revoke_session(found.session.id, "logout", now)
-            .await?;
+        self.store.revoke_session(found.session.id, "logout", now).await?;
         self.validator.forget_session(found.session.id);
         Ok(())
     }
@@ -144,10 +127,7 @@ impl Domain {
         let before = parse_page_token(token)?;
         let limit = page_size(requested_page_size, 50, 500);
         let now = self.clock.now();
-        let sessions = self
-            .store
-            .list_active_sessions(user_id, now, before, limit + 1)
-            .await?;
+        let sessions = self.store.list_active_sessions(user_id, now, before, limit + 1).await?;
         let more = sessions.len() as u64 > limit;
         let items: Vec<_> = sessions
             .into_iter()
@@ -157,15 +137,8 @@ impl Domain {
                 (session, current)
             })
             .collect();
-        let next_page_token = if more {
-            items.last().map(|(s, _)| page_token(s.id))
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let next_page_token = if more { items.last().map(|(s, _)| page_token(s.id)) } else { None };
+        Ok(Page { items, next_page_token })
     }
 
     /// Revokes one session: the caller's own, or any with the sessions-write
@@ -176,10 +149,7 @@ impl Domain {
     /// the caller may not manage it.
     pub async fn revoke_session(&self, caller: &Principal, session_id: i64) -> Result<()> {
         if session_id <= 0 {
-            return Err(Error::invalid(
-                "session_id",
-                "must be a positive session id",
-            ));
+            return Err(Error::invalid("session_id", "must be a positive session id"));
         }
         let session = self.store.session(session_id).await?;
         let allowed = caller.has_scope(scope::SESSIONS_WRITE);
@@ -187,9 +157,7 @@ impl Domain {
             return Err(Error::NotFound("session"));
         };
         let now = self.clock.now();
-        self.store
-            .revoke_session(session.id, "revoked", now)
-            .await?;
+        self.store.revoke_session(session.id, "revoked", now).await?;
         self.validator.forget_session(session.id);
         Ok(())
     }
@@ -222,10 +190,7 @@ impl Domain {
             None
         };
         let now = self.clock.now();
-        let count = self
-            .store
-            .revoke_user_sessions(user_id, keep, "revoked", now)
-            .await?;
+        let count = self.store.revoke_user_sessions(user_id, keep, "revoked", now).await?;
         self.validator.forget_user(user_id);
         Ok((count, now))
     }
@@ -236,10 +201,7 @@ pub(super) fn target_user(caller: &Principal, user_id: i64, needed: &str) -> Res
     match user_id {
         0 => Ok(caller.user_id),
         id if id == caller.user_id => Ok(id),
-        id if id < 0 => Err(Error::invalid(
-            "user_id",
-            "must be a positive user id, or 0 for yourself",
-        )),
+        id if id < 0 => Err(Error::invalid("user_id", "must be a positive user id, or 0 for yourself")),
         id => {
             caller.require(needed)?;
             Ok(id)

@@ -46,14 +46,9 @@ impl TokenKind {
     }
 
     fn from_marker(marker: &str) -> Option<Self> {
-        [
-            TokenKind::Session,
-            TokenKind::MfaPending,
-            TokenKind::LiveKey,
-            TokenKind::TestKey,
-        ]
-        .into_iter()
-        .find(|kind| kind.marker() == marker)
+        [TokenKind::Session, TokenKind::MfaPending, TokenKind::LiveKey, TokenKind::TestKey]
+            .into_iter()
+            .find(|kind| kind.marker() == marker)
     }
 }
 
@@ -75,11 +70,7 @@ impl TokenHash {
 impl std::fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // A hash is not secret, but a short form is all a reader needs.
-        write!(
-            f,
-            "TokenHash({:02x}{:02x}{:02x}{:02x}…)",
-            self.0[0], self.0[1], self.0[2], self.0[3]
-        )
+        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -112,9 +103,7 @@ pub struct TokenFormat {
 
 impl std::fmt::Debug for TokenFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenFormat")
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenFormat").field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -122,10 +111,7 @@ impl TokenFormat {
     /// A format with `prefix` (validated by the configuration).
     #[must_use]
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-            rng: SystemRandom::new(),
-        }
+        Self { prefix: prefix.to_owned(), rng: SystemRandom::new() }
     }
 
     /// Makes a new random token of `kind`, and its hash.
@@ -176,23 +162,15 @@ impl TokenFormat {
             .ok_or(FormatError::Malformed)?;
         let (marker, body) = rest.split_once('_').ok_or(FormatError::Malformed)?;
         let kind = TokenKind::from_marker(marker).ok_or(FormatError::Malformed)?;
-        if body.len() != SECRET_LEN + CHECKSUM_LEN
-            || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
+        if body.len() != SECRET_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(FormatError::Malformed);
         }
         let (signed, given) = token.split_at(token.len() - CHECKSUM_LEN);
         let expected = checksum(signed);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            expected.as_bytes(),
-            given.as_bytes(),
-        )) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), given.as_bytes())) {
             return Err(FormatError::Checksum);
         }
-        Ok(ParsedToken {
-            kind,
-            hash: TokenHash::of(token),
-        })
+        Ok(ParsedToken { kind, hash: TokenHash::of(token) })
     }
 
     /// The non-secret start of a token, for recognising it in listings:
@@ -236,21 +214,12 @@ mod tests {
     #[test]
     fn generated_tokens_parse_back() {
         let format = TokenFormat::new("pcs");
-        for kind in [
-            TokenKind::Session,
-            TokenKind::MfaPending,
-            TokenKind::LiveKey,
-            TokenKind::TestKey,
-        ] {
+        for kind in [TokenKind::Session, TokenKind::MfaPending, TokenKind::LiveKey, TokenKind::TestKey] {
             let (token, hash) = format.generate(kind).unwrap();
             let parsed = format.parse_secret(&token).unwrap();
             assert_eq!(parsed.kind, kind);
             assert_eq!(parsed.hash, hash);
-            assert!(
-                token
-                    .expose_secret()
-                    .starts_with(&format!("pcs_{}_", kind.marker()))
-            );
+            assert!(token.expose_secret().starts_with(&format!("pcs_{}_", kind.marker())));
         }
     }
 
@@ -260,11 +229,7 @@ mod tests {
         let (token, _) = format.generate(TokenKind::LiveKey).unwrap();
         let shown = TokenFormat::display_prefix(&token);
         assert_eq!(shown.chars().count(), "pcs_live_".len() + 4 + 1, "{shown}");
-        assert!(
-            token
-                .expose_secret()
-                .starts_with(shown.trim_end_matches('…'))
-        );
+        assert!(token.expose_secret().starts_with(shown.trim_end_matches('…')));
     }
 
     #[test]
@@ -294,23 +259,9 @@ mod tests {
         let format = TokenFormat::new("pcs");
         let (token, _) = format.generate(TokenKind::Session).unwrap();
         let token = token.expose_secret();
-        assert_eq!(
-            format.parse(&token[..token.len() - 1]),
-            Err(FormatError::Malformed)
-        );
-        assert_eq!(
-            TokenFormat::new("s4e").parse(token).unwrap_err(),
-            FormatError::Malformed
-        );
-        for junk in [
-            "",
-            "pcs",
-            "pcs_",
-            "pcs_sess_",
-            "pcs_nope_abc",
-            "Bearer x",
-            "ü",
-        ] {
+        assert_eq!(format.parse(&token[..token.len() - 1]), Err(FormatError::Malformed));
+        assert_eq!(TokenFormat::new("s4e").parse(token).unwrap_err(), FormatError::Malformed);
+        for junk in ["", "pcs", "pcs_", "pcs_sess_", "pcs_nope_abc", "Bearer x", "ü"] {
             assert!(format.parse(junk).is_err(), "{junk:?} accepted");
         }
         assert!(format.parse(&"a".repeat(10_000)).is_err());

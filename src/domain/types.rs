@@ -23,10 +23,7 @@ impl Email {
             return Err(Error::invalid(field, "must not be empty"));
         }
         if normalised.len() > MAX_EMAIL_BYTES {
-            return Err(Error::invalid(
-                field,
-                format!("must be at most {MAX_EMAIL_BYTES} bytes"),
-            ));
+            return Err(Error::invalid(field, format!("must be at most {MAX_EMAIL_BYTES} bytes")));
         }
         if !email_address::EmailAddress::is_valid(&normalised) {
             return Err(Error::invalid(field, "is not a valid email address"));
@@ -74,9 +71,7 @@ impl Role {
         match name {
             "user" => Ok(Role::User),
             "admin" => Ok(Role::Admin),
-            other => Err(Error::Internal(format!(
-                "unknown role {other:?} in database"
-            ))),
+            other => Err(Error::Internal(format!("unknown role {other:?} in database"))),
         }
     }
 
@@ -118,9 +113,7 @@ impl UserKind {
         match name {
             "human" => Ok(UserKind::Human),
             "service" => Ok(UserKind::Service),
-            other => Err(Error::Internal(format!(
-                "unknown user kind {other:?} in database"
-            ))),
+            other => Err(Error::Internal(format!("unknown user kind {other:?} in database"))),
         }
     }
 }
@@ -136,6 +129,8 @@ pub struct User {
     pub role: Role,
     /// Person or service account.
     pub kind: UserKind,
+    /// Second factors turned on.
+    pub mfa: MfaState,
     /// Disabled users cannot log in and their tokens stop working.
     pub disabled: bool,
     /// Per-user session lifetime override.
@@ -144,6 +139,63 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+}
+
+/// Which second factors a user has turned on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MfaState {
+    /// TOTP is confirmed.
+    pub totp: bool,
+    /// The email method is on (the address was verified).
+    pub email: bool,
+}
+
+impl MfaState {
+    /// Whether any second factor is on.
+    #[must_use]
+    pub fn any(self) -> bool {
+        self.totp || self.email
+    }
+
+    /// The methods a login may use: each factor, and recovery codes
+    /// whenever any factor is on.
+    #[must_use]
+    pub fn methods(self) -> Vec<MfaMethod> {
+        let mut methods = Vec::new();
+        if self.totp {
+            methods.push(MfaMethod::Totp);
+        }
+        if self.email {
+            methods.push(MfaMethod::Email);
+        }
+        if self.any() {
+            methods.push(MfaMethod::RecoveryCode);
+        }
+        methods
+    }
+}
+
+/// A second-factor method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MfaMethod {
+    /// TOTP from an authenticator app.
+    Totp,
+    /// A code sent by email.
+    Email,
+    /// A single-use recovery code.
+    RecoveryCode,
+}
+
+impl MfaMethod {
+    /// How a session completed with this method was authenticated.
+    #[must_use]
+    pub fn auth_method(self) -> AuthMethod {
+        match self {
+            MfaMethod::Totp => AuthMethod::Totp,
+            MfaMethod::Email => AuthMethod::EmailCode,
+            MfaMethod::RecoveryCode => AuthMethod::RecoveryCode,
+        }
+    }
 }
 
 /// How a session was authenticated.
@@ -193,11 +245,7 @@ impl AuthMethod {
     /// Writes a list as stored.
     #[must_use]
     pub fn join(methods: &[Self]) -> String {
-        methods
-            .iter()
-            .map(|m| m.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -232,9 +280,7 @@ impl SessionState {
             "pending_mfa" => Ok(SessionState::PendingMfa),
             "active" => Ok(SessionState::Active),
             "revoked" => Ok(SessionState::Revoked),
-            other => Err(Error::Internal(format!(
-                "unknown session state {other:?} in database"
-            ))),
+            other => Err(Error::Internal(format!("unknown session state {other:?} in database"))),
         }
     }
 }
@@ -317,11 +363,7 @@ impl Principal {
     /// # Errors
     /// `Forbidden` naming the scope.
     pub fn require(&self, wanted: &str) -> Result<()> {
-        if self.has_scope(wanted) {
-            Ok(())
-        } else {
-            Err(Error::missing_scope(wanted))
-        }
+        if self.has_scope(wanted) { Ok(()) } else { Err(Error::missing_scope(wanted)) }
     }
 
     /// The session id, when the credential is a session token.
@@ -357,11 +399,33 @@ impl std::fmt::Debug for IssuedSession {
     }
 }
 
+/// A login waiting for its second factor.
+pub struct MfaChallenge {
+    /// The pending-login token; only its hash is stored.
+    pub token: secrecy::SecretString,
+    /// The methods the user may complete it with.
+    pub methods: Vec<MfaMethod>,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for MfaChallenge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaChallenge")
+            .field("token", &"<redacted>")
+            .field("methods", &self.methods)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 /// What a login returns.
 #[derive(Debug)]
 pub enum LoginOutcome {
     /// Logged in.
     Session(IssuedSession),
+    /// The password was right; a second factor is needed.
+    Mfa(MfaChallenge),
 }
 
 /// Whether an API key is for production or testing.
@@ -391,9 +455,7 @@ impl KeyEnvironment {
         match name {
             "live" => Ok(KeyEnvironment::Live),
             "test" => Ok(KeyEnvironment::Test),
-            other => Err(Error::Internal(format!(
-                "unknown key environment {other:?} in database"
-            ))),
+            other => Err(Error::Internal(format!("unknown key environment {other:?} in database"))),
         }
     }
 
@@ -452,10 +514,7 @@ pub struct IssuedKey {
 
 impl std::fmt::Debug for IssuedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuedKey")
-            .field("key", &"<redacted>")
-            .field("api_key", &self.api_key)
-            .finish()
+        f.debug_struct("IssuedKey").field("key", &"<redacted>").field("api_key", &self.api_key).finish()
     }
 }
 

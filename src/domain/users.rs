@@ -1,8 +1,8 @@
 //! User accounts and passwords.
 
 use super::{
-    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, UserKind, page_size,
-    page_token, parse_page_token, password::Password, scope,
+    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, UserKind, page_size, page_token,
+    parse_page_token, password::Password, scope,
 };
 use crate::store::NewUser;
 
@@ -55,10 +55,7 @@ impl Domain {
             UserKind::Human => Some(Password::parse(&input.password, "password")?),
             UserKind::Service if input.password.is_empty() => None,
             UserKind::Service => {
-                return Err(Error::invalid(
-                    "password",
-                    "must be empty: a service account has no password",
-                ));
+                return Err(Error::invalid("password", "must be empty: a service account has no password"));
             }
         };
         if let Some(lifetime) = input.session_lifetime {
@@ -89,10 +86,7 @@ impl Domain {
     /// `Forbidden` or `NotFound`.
     pub async fn get_user(&self, caller: &Principal, user_id: i64) -> Result<User> {
         let user_id = super::sessions::target_user(caller, user_id, scope::USERS_READ)?;
-        self.store
-            .user(user_id)
-            .await?
-            .ok_or(Error::NotFound("user"))
+        self.store.user(user_id).await?.ok_or(Error::NotFound("user"))
     }
 
     /// Users by ascending id.
@@ -112,27 +106,15 @@ impl Domain {
         let users = self.store.list_users(after, limit + 1).await?;
         let more = users.len() as u64 > limit;
         let items: Vec<User> = users.into_iter().take(limit as usize).collect();
-        let next_page_token = if more {
-            items.last().map(|u| page_token(u.id))
-        } else {
-            None
-        };
-        Ok(Page {
-            items,
-            next_page_token,
-        })
+        let next_page_token = if more { items.last().map(|u| page_token(u.id)) } else { None };
+        Ok(Page { items, next_page_token })
     }
 
     /// Changes a user. Disabling revokes every session at once.
     ///
     /// # Errors
     /// `Forbidden`, `InvalidArgument`, `NotFound`.
-    pub async fn update_user(
-        &self,
-        caller: &Principal,
-        user_id: i64,
-        patch: UserPatch,
-    ) -> Result<User> {
+    pub async fn update_user(&self, caller: &Principal, user_id: i64, patch: UserPatch) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
         if user_id <= 0 {
             return Err(Error::invalid("user.id", "must be a positive user id"));
@@ -156,12 +138,7 @@ impl Domain {
     /// # Errors
     /// `InvalidArgument` for a bad new password or a caller that is not a
     /// session; `Unauthenticated(WrongPassword)` for a wrong current one.
-    pub async fn change_password(
-        &self,
-        caller: &Principal,
-        current: &str,
-        new: &str,
-    ) -> Result<u64> {
+    pub async fn change_password(&self, caller: &Principal, current: &str, new: &str) -> Result<u64> {
         let Some(session_id) = caller.session_id() else {
             return Err(Error::Forbidden {
                 message: "ChangePassword needs the user's own session".into(),
@@ -171,12 +148,7 @@ impl Domain {
         let current = Password::parse(current, "current_password")?;
         let new = Password::parse(new, "new_password")?;
         let stored = self.store.password_hash(caller.user_id).await?;
-        if !self
-            .hasher
-            .verify(&current, stored.as_deref())
-            .await?
-            .matched
-        {
+        if !self.hasher.verify(&current, stored.as_deref()).await?.matched {
             return Err(AuthFailure::WrongPassword.into());
         }
         let hash = self.hasher.hash(new).await?;
@@ -203,10 +175,7 @@ impl Domain {
         match self.store.user(user_id).await? {
             None => return Err(Error::NotFound("user")),
             Some(user) if user.kind == UserKind::Service => {
-                return Err(Error::invalid(
-                    "user_id",
-                    "is a service account, which has no password",
-                ));
+                return Err(Error::invalid("user_id", "is a service account, which has no password"));
             }
             Some(_) => {}
         }
@@ -222,13 +191,8 @@ impl Domain {
     }
 
     fn check_lifetime(&self, lifetime: chrono::Duration, field: &'static str) -> Result<()> {
-        if lifetime < chrono::Duration::minutes(1)
-            || lifetime > self.settings.session_absolute_lifetime
-        {
-            return Err(Error::invalid(
-                field,
-                "must be between 1 minute and the absolute session lifetime",
-            ));
+        if lifetime < chrono::Duration::minutes(1) || lifetime > self.settings.session_absolute_lifetime {
+            return Err(Error::invalid(field, "must be between 1 minute and the absolute session lifetime"));
         }
         Ok(())
     }

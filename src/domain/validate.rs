@@ -20,8 +20,8 @@ use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
 
 use super::{
-    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role,
-    SessionState, User, scope,
+    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role, SessionState, User,
+    scope,
     token::{TokenFormat, TokenHash, TokenKind},
 };
 use crate::store::{SessionMatch, Store};
@@ -103,12 +103,7 @@ struct KnownSession {
 
 impl KnownSession {
     fn from_match(found: SessionMatch) -> Self {
-        let SessionMatch {
-            session,
-            user,
-            matched_previous,
-            current_hash: _,
-        } = found;
+        let SessionMatch { session, user, matched_previous, current_hash: _ } = found;
         Self {
             session_id: session.id,
             user_id: user.id,
@@ -118,11 +113,8 @@ impl KnownSession {
             state: session.state,
             expires_at: session.expires_at,
             // A previous token with no grace end recorded is already dead.
-            previous_valid_until: matched_previous.then(|| {
-                session
-                    .previous_valid_until
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC)
-            }),
+            previous_valid_until: matched_previous
+                .then(|| session.previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC)),
             auth_methods: session.auth_methods,
         }
     }
@@ -210,10 +202,7 @@ impl Validator {
     pub fn new(store: Store, tokens: TokenFormat, config: CacheConfig) -> Self {
         let cache = Cache::builder()
             .max_capacity(config.capacity)
-            .expire_after(EntryExpiry {
-                known: config.ttl,
-                unknown: config.negative_ttl,
-            })
+            .expire_after(EntryExpiry { known: config.ttl, unknown: config.negative_ttl })
             .support_invalidation_closures()
             .build();
         let (seen_tx, seen_rx) = mpsc::channel(SEEN_QUEUE);
@@ -223,10 +212,7 @@ impl Validator {
             tokens,
             cache,
             epoch: AtomicU64::new(0),
-            seen: Cache::builder()
-                .max_capacity(config.capacity)
-                .time_to_live(SEEN_INTERVAL)
-                .build(),
+            seen: Cache::builder().max_capacity(config.capacity).time_to_live(SEEN_INTERVAL).build(),
             seen_tx,
             lookups: AtomicU64::new(0),
         }
@@ -238,19 +224,11 @@ impl Validator {
     /// `Unauthenticated` (invalid, expired, MFA pending), `Forbidden` for a
     /// missing scope, `InvalidArgument` for a malformed required scope,
     /// `Unavailable` when the database cannot answer (never "valid").
-    pub async fn validate(
-        &self,
-        token: &str,
-        required: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<Principal> {
+    pub async fn validate(&self, token: &str, required: &[String], now: DateTime<Utc>) -> Result<Principal> {
         for wanted in required {
             scope::check_syntax(wanted).map_err(|why| Error::invalid("required_scopes", why))?;
         }
-        let parsed = self
-            .tokens
-            .parse(token)
-            .map_err(|_| AuthFailure::InvalidToken)?;
+        let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         let principal = match self.lookup(parsed.hash, parsed.kind).await? {
             Entry::Session(known) => known.check(parsed.kind, now)?,
             Entry::Key(known) => known.check(now)?,
@@ -301,12 +279,10 @@ impl Validator {
         let epoch = self.epoch.load(Ordering::Acquire);
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let entry = match kind {
-            TokenKind::Session | TokenKind::MfaPending => {
-                match self.store.session_by_hash(&hash).await? {
-                    Some(found) => Entry::Session(Arc::new(KnownSession::from_match(found))),
-                    None => Entry::Unknown,
-                }
-            }
+            TokenKind::Session | TokenKind::MfaPending => match self.store.session_by_hash(&hash).await? {
+                Some(found) => Entry::Session(Arc::new(KnownSession::from_match(found))),
+                None => Entry::Unknown,
+            },
             TokenKind::LiveKey | TokenKind::TestKey => match self.store.key_by_hash(&hash).await? {
                 Some((key, owner)) => Entry::Key(Arc::new(KnownKey { key, owner })),
                 None => Entry::Unknown,

@@ -6,24 +6,18 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use crate::{
-    domain::{self, AuthMethod, CredentialId, Error, KeyEnvironment, Result, Role, UserKind},
+    domain::{self, AuthMethod, CredentialId, Error, KeyEnvironment, MfaMethod, Result, Role, UserKind},
     proto::v1 as pb,
 };
 
 /// A timestamp for the wire.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 /// A duration for the wire.
 pub fn duration(d: chrono::Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.num_seconds(),
-        nanos: d.subsec_nanos(),
-    }
+    prost_types::Duration { seconds: d.num_seconds(), nanos: d.subsec_nanos() }
 }
 
 /// Reads an optional wire duration; `field` names it in errors.
@@ -73,24 +67,51 @@ impl From<AuthMethod> for pb::AuthMethod {
     }
 }
 
+impl From<MfaMethod> for pb::MfaMethod {
+    fn from(method: MfaMethod) -> Self {
+        match method {
+            MfaMethod::Totp => pb::MfaMethod::Totp,
+            MfaMethod::Email => pb::MfaMethod::Email,
+            MfaMethod::RecoveryCode => pb::MfaMethod::RecoveryCode,
+        }
+    }
+}
+
+/// Reads a wire MFA method; `field` names it in errors.
+pub fn mfa_method_from(value: i32, field: &'static str) -> Result<MfaMethod> {
+    match pb::MfaMethod::try_from(value) {
+        Ok(pb::MfaMethod::Totp) => Ok(MfaMethod::Totp),
+        Ok(pb::MfaMethod::Email) => Ok(MfaMethod::Email),
+        Ok(pb::MfaMethod::RecoveryCode) => Ok(MfaMethod::RecoveryCode),
+        Ok(pb::MfaMethod::Unspecified) => Err(Error::invalid(field, "must be set")),
+        Err(_) => Err(Error::invalid(field, format!("unknown method value {value}"))),
+    }
+}
+
+impl From<domain::MfaChallenge> for pb::MfaChallenge {
+    fn from(challenge: domain::MfaChallenge) -> Self {
+        let domain::MfaChallenge { token, methods, expires_at } = challenge;
+        pb::MfaChallenge {
+            mfa_token: token.expose_secret().to_owned(),
+            methods: methods.into_iter().map(|m| pb::MfaMethod::from(m) as i32).collect(),
+            expire_time: Some(timestamp(expires_at)),
+        }
+    }
+}
+
+/// Secret strings for the wire (shown once).
+pub fn exposed(secrets: &[secrecy::SecretString]) -> Vec<String> {
+    secrets.iter().map(|s| s.expose_secret().to_owned()).collect()
+}
+
 fn methods(list: &[AuthMethod]) -> Vec<i32> {
-    list.iter()
-        .map(|m| pb::AuthMethod::from(*m) as i32)
-        .collect()
+    list.iter().map(|m| pb::AuthMethod::from(*m) as i32).collect()
 }
 
 impl From<domain::User> for pb::User {
     fn from(user: domain::User) -> Self {
-        let domain::User {
-            id,
-            email,
-            role,
-            disabled,
-            session_lifetime,
-            created_at,
-            updated_at,
-            kind,
-        } = user;
+        let domain::User { id, email, role, disabled, session_lifetime, created_at, updated_at, kind, mfa } =
+            user;
         pb::User {
             id,
             email: email.as_str().to_owned(),
@@ -99,6 +120,7 @@ impl From<domain::User> for pb::User {
                 UserKind::Human => pb::UserKind::Human,
                 UserKind::Service => pb::UserKind::Service,
             } as i32,
+            mfa_methods: mfa.methods().into_iter().map(|m| pb::MfaMethod::from(m) as i32).collect(),
             disabled,
             session_lifetime: session_lifetime.map(duration),
             create_time: Some(timestamp(created_at)),
@@ -109,24 +131,13 @@ impl From<domain::User> for pb::User {
 
 impl From<domain::Principal> for pb::Principal {
     fn from(principal: domain::Principal) -> Self {
-        let domain::Principal {
-            credential,
-            user_id,
-            email,
-            role,
-            scopes,
-            expires_at,
-            auth_methods,
-        } = principal;
+        let domain::Principal { credential, user_id, email, role, scopes, expires_at, auth_methods } =
+            principal;
         let (kind, credential_id) = match credential {
-            CredentialId::Session(id) => (
-                pb::PrincipalKind::Session,
-                pb::principal::CredentialId::SessionId(id),
-            ),
-            CredentialId::ApiKey(id) => (
-                pb::PrincipalKind::ApiKey,
-                pb::principal::CredentialId::KeyId(id),
-            ),
+            CredentialId::Session(id) => {
+                (pb::PrincipalKind::Session, pb::principal::CredentialId::SessionId(id))
+            }
+            CredentialId::ApiKey(id) => (pb::PrincipalKind::ApiKey, pb::principal::CredentialId::KeyId(id)),
         };
         pb::Principal {
             kind: kind as i32,
@@ -173,12 +184,7 @@ pub fn session(session: domain::Session, current: bool) -> pb::Session {
 
 impl From<domain::IssuedSession> for pb::IssuedSession {
     fn from(issued: domain::IssuedSession) -> Self {
-        let domain::IssuedSession {
-            token,
-            session_id,
-            expires_at,
-            user,
-        } = issued;
+        let domain::IssuedSession { token, session_id, expires_at, user } = issued;
         pb::IssuedSession {
             token: token.expose_secret().to_owned(),
             expire_time: Some(timestamp(expires_at)),
@@ -190,16 +196,8 @@ impl From<domain::IssuedSession> for pb::IssuedSession {
 
 impl From<pb::ClientInfo> for domain::ClientInfo {
     fn from(client: pb::ClientInfo) -> Self {
-        let pb::ClientInfo {
-            ip,
-            user_agent,
-            device_label,
-        } = client;
-        domain::ClientInfo {
-            ip,
-            user_agent,
-            device_label,
-        }
+        let pb::ClientInfo { ip, user_agent, device_label } = client;
+        domain::ClientInfo { ip, user_agent, device_label }
     }
 }
 
@@ -208,10 +206,7 @@ pub fn user_kind_from(value: i32, field: &'static str) -> Result<UserKind> {
     match pb::UserKind::try_from(value) {
         Ok(pb::UserKind::Unspecified | pb::UserKind::Human) => Ok(UserKind::Human),
         Ok(pb::UserKind::Service) => Ok(UserKind::Service),
-        Err(_) => Err(Error::invalid(
-            field,
-            format!("unknown user kind value {value}"),
-        )),
+        Err(_) => Err(Error::invalid(field, format!("unknown user kind value {value}"))),
     }
 }
 
@@ -220,10 +215,7 @@ pub fn environment_from(value: i32, field: &'static str) -> Result<KeyEnvironmen
     match pb::KeyEnvironment::try_from(value) {
         Ok(pb::KeyEnvironment::Unspecified | pb::KeyEnvironment::Live) => Ok(KeyEnvironment::Live),
         Ok(pb::KeyEnvironment::Test) => Ok(KeyEnvironment::Test),
-        Err(_) => Err(Error::invalid(
-            field,
-            format!("unknown environment value {value}"),
-        )),
+        Err(_) => Err(Error::invalid(field, format!("unknown environment value {value}"))),
     }
 }
 

@@ -33,26 +33,16 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::CreateApiKeyRequest {
-            name,
-            scopes,
-            environment,
-            expire_time,
-            owner_id,
-        } = request.into_inner();
+        let pb::CreateApiKeyRequest { name, scopes, environment, expire_time, owner_id } =
+            request.into_inner();
         let input = NewKeyInput {
             name,
             scopes,
-            environment: convert::environment_from(environment, "environment")
-                .map_err(to_status)?,
+            environment: convert::environment_from(environment, "environment").map_err(to_status)?,
             expires_at: convert::timestamp_from(expire_time, "expire_time").map_err(to_status)?,
             owner_id,
         };
-        let issued = self
-            .domain
-            .create_key(&caller, input)
-            .await
-            .map_err(to_status)?;
+        let issued = self.domain.create_key(&caller, input).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: issued.key.expose_secret().to_owned(),
             api_key: Some(issued.api_key.into()),
@@ -66,14 +56,8 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::GetApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
         let pb::GetApiKeyRequest { key_id } = request.into_inner();
-        let key = self
-            .domain
-            .get_key(&caller, key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GetApiKeyResponse {
-            api_key: Some(key.into()),
-        }))
+        let key = self.domain.get_key(&caller, key_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetApiKeyResponse { api_key: Some(key.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -82,16 +66,9 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::ListApiKeysRequest {
-            owner_id,
-            page_size,
-            page_token,
-        } = request.into_inner();
-        let page = self
-            .domain
-            .list_keys(&caller, owner_id, page_size, &page_token)
-            .await
-            .map_err(to_status)?;
+        let pb::ListApiKeysRequest { owner_id, page_size, page_token } = request.into_inner();
+        let page =
+            self.domain.list_keys(&caller, owner_id, page_size, &page_token).await.map_err(to_status)?;
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -104,17 +81,11 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::UpdateApiKeyRequest {
-            api_key,
-            update_mask,
-        } = request.into_inner();
+        let pb::UpdateApiKeyRequest { api_key, update_mask } = request.into_inner();
         let api_key = api_key.ok_or_else(|| to_status(Error::invalid("api_key", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(to_status(Error::invalid(
-                "update_mask",
-                "must name at least one field",
-            )));
+            return Err(to_status(Error::invalid("update_mask", "must name at least one field")));
         }
         let mut patch = KeyPatch::default();
         for path in paths {
@@ -129,14 +100,8 @@ impl key_service_server::KeyService for KeyService {
                 }
             }
         }
-        let key = self
-            .domain
-            .update_key(&caller, api_key.id, patch)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateApiKeyResponse {
-            api_key: Some(key.into()),
-        }))
+        let key = self.domain.update_key(&caller, api_key.id, patch).await.map_err(to_status)?;
+        Ok(Response::new(pb::UpdateApiKeyResponse { api_key: Some(key.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -146,14 +111,8 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
         let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
-        let key = self
-            .domain
-            .revoke_key(&caller, key_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::RevokeApiKeyResponse {
-            api_key: Some(key.into()),
-        }))
+        let key = self.domain.revoke_key(&caller, key_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::RevokeApiKeyResponse { api_key: Some(key.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -163,14 +122,8 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
         let pb::RotateApiKeyRequest { key_id, overlap } = request.into_inner();
-        let overlap = convert::duration_from(overlap, "overlap")
-            .map_err(to_status)?
-            .unwrap_or_default();
-        let (issued, previous) = self
-            .domain
-            .rotate_key(&caller, key_id, overlap)
-            .await
-            .map_err(to_status)?;
+        let overlap = convert::duration_from(overlap, "overlap").map_err(to_status)?.unwrap_or_default();
+        let (issued, previous) = self.domain.rotate_key(&caller, key_id, overlap).await.map_err(to_status)?;
         Ok(Response::new(pb::RotateApiKeyResponse {
             key: issued.key.expose_secret().to_owned(),
             api_key: Some(issued.api_key.into()),

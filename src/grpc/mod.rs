@@ -55,10 +55,6 @@ async fn optional_caller(
     match caller_token(domain, metadata) {
         Err(crate::domain::Error::Unauthenticated(crate::domain::AuthFailure::Missing)) => Ok(None),
         Err(err) => Err(to_status(err)),
-        Ok(token) => domain
-            .validate_token(&token, &[])
-            .await
-            .map(Some)
-            .map_err(to_status),
+        Ok(token) => domain.validate_token(&token, &[]).await.map(Some).map_err(to_status),
     }
 }

@@ -44,17 +44,13 @@ impl Debug for pb::MfaChallenge {
 
 impl Debug for pb::RefreshSessionRequest {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
-        f.debug_struct("RefreshSessionRequest")
-            .field("token", &REDACTED)
-            .finish()
+        f.debug_struct("RefreshSessionRequest").field("token", &REDACTED).finish()
     }
 }
 
 impl Debug for pb::LogoutRequest {
     fn fmt(&self, f: &mut Formatter<'_>) -> Result {
-        f.debug_struct("LogoutRequest")
-            .field("token", &REDACTED)
-            .finish()
+        f.debug_struct("LogoutRequest").field("token", &REDACTED).finish()
     }
 }
 
@@ -81,10 +77,7 @@ impl Debug for pb::HttpCredential {
         // Header names only: values and the query may hold the credential.
         let mut names: Vec<&str> = self.headers.keys().map(String::as_str).collect();
         names.sort_unstable();
-        f.debug_struct("HttpCredential")
-            .field("header_names", &names)
-            .field("query", &REDACTED)
-            .finish()
+        f.debug_struct("HttpCredential").field("header_names", &names).field("query", &REDACTED).finish()
     }
 }
 
@@ -137,6 +130,47 @@ impl Debug for pb::RotateApiKeyResponse {
     }
 }
 
+/// Messages whose every field but the method is secret.
+macro_rules! redact_all {
+    ($($message:ident),* $(,)?) => {$(
+        impl Debug for pb::$message {
+            fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+                f.write_str(concat!(stringify!($message), " { <redacted> }"))
+            }
+        }
+    )*};
+}
+
+redact_all!(
+    SendMfaCodeRequest,
+    EnrollTotpResponse,
+    ConfirmTotpRequest,
+    ConfirmTotpResponse,
+    ConfirmEmailMfaRequest,
+    ConfirmEmailMfaResponse,
+    RegenerateRecoveryCodesResponse,
+);
+
+impl Debug for pb::VerifyMfaRequest {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        f.debug_struct("VerifyMfaRequest")
+            .field("mfa_token", &REDACTED)
+            .field("code", &REDACTED)
+            .field("method", &self.method)
+            .finish()
+    }
+}
+
+impl Debug for pb::DisableMfaRequest {
+    fn fmt(&self, f: &mut Formatter<'_>) -> Result {
+        f.debug_struct("DisableMfaRequest")
+            .field("password", &REDACTED)
+            .field("code", &REDACTED)
+            .field("method", &self.method)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,38 +181,12 @@ mod tests {
         let shown = [
             format!(
                 "{:?}",
-                pb::LoginRequest {
-                    email: "a@b.c".into(),
-                    password: secret.into(),
-                    ..Default::default()
-                }
+                pb::LoginRequest { email: "a@b.c".into(), password: secret.into(), ..Default::default() }
             ),
-            format!(
-                "{:?}",
-                pb::IssuedSession {
-                    token: secret.into(),
-                    ..Default::default()
-                }
-            ),
-            format!(
-                "{:?}",
-                pb::MfaChallenge {
-                    mfa_token: secret.into(),
-                    ..Default::default()
-                }
-            ),
-            format!(
-                "{:?}",
-                pb::RefreshSessionRequest {
-                    token: secret.into()
-                }
-            ),
-            format!(
-                "{:?}",
-                pb::LogoutRequest {
-                    token: secret.into()
-                }
-            ),
+            format!("{:?}", pb::IssuedSession { token: secret.into(), ..Default::default() }),
+            format!("{:?}", pb::MfaChallenge { mfa_token: secret.into(), ..Default::default() }),
+            format!("{:?}", pb::RefreshSessionRequest { token: secret.into() }),
+            format!("{:?}", pb::LogoutRequest { token: secret.into() }),
             format!(
                 "{:?}",
                 pb::ValidateTokenRequest {
@@ -193,27 +201,12 @@ mod tests {
                     query: format!("token={secret}"),
                 }
             ),
+            format!("{:?}", pb::CreateUserRequest { password: secret.into(), ..Default::default() }),
             format!(
                 "{:?}",
-                pb::CreateUserRequest {
-                    password: secret.into(),
-                    ..Default::default()
-                }
+                pb::ChangePasswordRequest { current_password: secret.into(), new_password: secret.into() }
             ),
-            format!(
-                "{:?}",
-                pb::ChangePasswordRequest {
-                    current_password: secret.into(),
-                    new_password: secret.into()
-                }
-            ),
-            format!(
-                "{:?}",
-                pb::SetPasswordRequest {
-                    user_id: 1,
-                    new_password: secret.into()
-                }
-            ),
+            format!("{:?}", pb::SetPasswordRequest { user_id: 1, new_password: secret.into() }),
         ];
         for line in shown {
             assert!(!line.contains(secret), "secret in {line}");

@@ -23,11 +23,7 @@ pub fn to_status(err: Error) -> Status {
         Error::InvalidArgument { field, description } => {
             let mut details = ErrorDetails::with_bad_request_violation(field, description.clone());
             details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
-            Status::with_error_details(
-                Code::InvalidArgument,
-                format!("{field}: {description}"),
-                details,
-            )
+            Status::with_error_details(Code::InvalidArgument, format!("{field}: {description}"), details)
         }
         Error::Unauthenticated(failure) => {
             let (code, reason) = match failure {
@@ -38,6 +34,7 @@ pub fn to_status(err: Error) -> Status {
                 | AuthFailure::InvalidToken
                 | AuthFailure::InvalidLogin
                 | AuthFailure::WrongPassword
+                | AuthFailure::InvalidCode
                 | AuthFailure::RefreshReuse => (Code::Unauthenticated, "UNAUTHORIZED"),
             };
             let mut metadata = HashMap::new();
@@ -46,10 +43,7 @@ pub fn to_status(err: Error) -> Status {
             }
             Status::with_error_details(code, failure.to_string(), info(reason, metadata))
         }
-        Error::Forbidden {
-            message,
-            missing_scope,
-        } => {
+        Error::Forbidden { message, missing_scope } => {
             let metadata = missing_scope
                 .map(|scope| HashMap::from([("missing_scope".to_owned(), scope)]))
                 .unwrap_or_default();
@@ -58,18 +52,17 @@ pub fn to_status(err: Error) -> Status {
         Error::NotFound(what) => Status::with_error_details(
             Code::NotFound,
             format!("{what} not found"),
-            info(
-                "NOT_FOUND",
-                HashMap::from([("resource".to_owned(), what.to_owned())]),
-            ),
+            info("NOT_FOUND", HashMap::from([("resource".to_owned(), what.to_owned())])),
+        ),
+        Error::FailedPrecondition(message) => Status::with_error_details(
+            Code::FailedPrecondition,
+            message,
+            info("FAILED_PRECONDITION", HashMap::new()),
         ),
         Error::AlreadyExists(what) => Status::with_error_details(
             Code::AlreadyExists,
             format!("{what} already exists"),
-            info(
-                "ALREADY_EXISTS",
-                HashMap::from([("resource".to_owned(), what.to_owned())]),
-            ),
+            info("ALREADY_EXISTS", HashMap::from([("resource".to_owned(), what.to_owned())])),
         ),
         Error::Overloaded { what, retry_after } => {
             let mut details = info("RATE_LIMITED", HashMap::new());
@@ -94,11 +87,7 @@ pub fn to_status(err: Error) -> Status {
         }
         Error::Internal(cause) => {
             tracing::error!(%cause, "internal error");
-            Status::with_error_details(
-                Code::Internal,
-                "internal error",
-                info("INTERNAL", HashMap::new()),
-            )
+            Status::with_error_details(Code::Internal, "internal error", info("INTERNAL", HashMap::new()))
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
 use super::{caller, convert, to_status};
@@ -32,13 +33,7 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::CreateUserRequest {
-            email,
-            password,
-            role,
-            session_lifetime,
-            kind,
-        } = request.into_inner();
+        let pb::CreateUserRequest { email, password, role, session_lifetime, kind } = request.into_inner();
         let input = NewUserInput {
             kind: convert::user_kind_from(kind, "kind").map_err(to_status)?,
             email,
@@ -47,14 +42,8 @@ impl user_service_server::UserService for UserService {
             session_lifetime: convert::duration_from(session_lifetime, "session_lifetime")
                 .map_err(to_status)?,
         };
-        let user = self
-            .domain
-            .create_user(&caller, input)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::CreateUserResponse {
-            user: Some(user.into()),
-        }))
+        let user = self.domain.create_user(&caller, input).await.map_err(to_status)?;
+        Ok(Response::new(pb::CreateUserResponse { user: Some(user.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -64,14 +53,8 @@ impl user_service_server::UserService for UserService {
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
         let pb::GetUserRequest { user_id } = request.into_inner();
-        let user = self
-            .domain
-            .get_user(&caller, user_id)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::GetUserResponse {
-            user: Some(user.into()),
-        }))
+        let user = self.domain.get_user(&caller, user_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::GetUserResponse { user: Some(user.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -80,15 +63,8 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::ListUsersRequest {
-            page_size,
-            page_token,
-        } = request.into_inner();
-        let page = self
-            .domain
-            .list_users(&caller, page_size, &page_token)
-            .await
-            .map_err(to_status)?;
+        let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
+        let page = self.domain.list_users(&caller, page_size, &page_token).await.map_err(to_status)?;
         Ok(Response::new(pb::ListUsersResponse {
             users: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -105,17 +81,13 @@ impl user_service_server::UserService for UserService {
         let user = user.ok_or_else(|| to_status(Error::invalid("user", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
         if paths.is_empty() {
-            return Err(to_status(Error::invalid(
-                "update_mask",
-                "must name at least one field",
-            )));
+            return Err(to_status(Error::invalid("update_mask", "must name at least one field")));
         }
         let mut patch = UserPatch::default();
         for path in &paths {
             match path.as_str() {
                 "role" => {
-                    patch.role =
-                        Some(convert::role_from(user.role, "user.role", None).map_err(to_status)?);
+                    patch.role = Some(convert::role_from(user.role, "user.role", None).map_err(to_status)?);
                 }
                 "disabled" => patch.disabled = Some(user.disabled),
                 "session_lifetime" => {
@@ -127,21 +99,13 @@ impl user_service_server::UserService for UserService {
                 other => {
                     return Err(to_status(Error::invalid(
                         "update_mask",
-                        format!(
-                            "{other:?} cannot be updated; use role, disabled or session_lifetime"
-                        ),
+                        format!("{other:?} cannot be updated; use role, disabled or session_lifetime"),
                     )));
                 }
             }
         }
-        let user = self
-            .domain
-            .update_user(&caller, user.id, patch)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::UpdateUserResponse {
-            user: Some(user.into()),
-        }))
+        let user = self.domain.update_user(&caller, user.id, patch).await.map_err(to_status)?;
+        Ok(Response::new(pb::UpdateUserResponse { user: Some(user.into()) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -150,18 +114,13 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::ChangePasswordRequest {
-            current_password,
-            new_password,
-        } = request.into_inner();
+        let pb::ChangePasswordRequest { current_password, new_password } = request.into_inner();
         let revoked = self
             .domain
             .change_password(&caller, &current_password, &new_password)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(pb::ChangePasswordResponse {
-            revoked_sessions: revoked as i64,
-        }))
+        Ok(Response::new(pb::ChangePasswordResponse { revoked_sessions: revoked as i64 }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -170,17 +129,90 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
-        let pb::SetPasswordRequest {
-            user_id,
-            new_password,
-        } = request.into_inner();
-        let revoked = self
-            .domain
-            .set_password(&caller, user_id, &new_password)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::SetPasswordResponse {
-            revoked_sessions: revoked as i64,
+        let pb::SetPasswordRequest { user_id, new_password } = request.into_inner();
+        let revoked = self.domain.set_password(&caller, user_id, &new_password).await.map_err(to_status)?;
+        Ok(Response::new(pb::SetPasswordResponse { revoked_sessions: revoked as i64 }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn enroll_totp(
+        &self,
+        request: Request<pb::EnrollTotpRequest>,
+    ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::EnrollTotpRequest {} = request.into_inner();
+        let enrollment = self.domain.enroll_totp(&caller).await.map_err(to_status)?;
+        Ok(Response::new(pb::EnrollTotpResponse {
+            secret: enrollment.secret.expose_secret().to_owned(),
+            otpauth_uri: enrollment.uri.expose_secret().to_owned(),
+            qr_code_png: enrollment.qr_png,
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn confirm_totp(
+        &self,
+        request: Request<pb::ConfirmTotpRequest>,
+    ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::ConfirmTotpRequest { code } = request.into_inner();
+        let codes = self.domain.confirm_totp(&caller, &code).await.map_err(to_status)?;
+        Ok(Response::new(pb::ConfirmTotpResponse { recovery_codes: convert::exposed(&codes) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn send_email_code(
+        &self,
+        request: Request<pb::SendEmailCodeRequest>,
+    ) -> Result<Response<pb::SendEmailCodeResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::SendEmailCodeRequest {} = request.into_inner();
+        let expires_at = self.domain.send_email_code(&caller).await.map_err(to_status)?;
+        Ok(Response::new(pb::SendEmailCodeResponse { expire_time: Some(convert::timestamp(expires_at)) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn confirm_email_mfa(
+        &self,
+        request: Request<pb::ConfirmEmailMfaRequest>,
+    ) -> Result<Response<pb::ConfirmEmailMfaResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::ConfirmEmailMfaRequest { code } = request.into_inner();
+        let codes = self.domain.confirm_email_mfa(&caller, &code).await.map_err(to_status)?;
+        Ok(Response::new(pb::ConfirmEmailMfaResponse { recovery_codes: convert::exposed(&codes) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn disable_mfa(
+        &self,
+        request: Request<pb::DisableMfaRequest>,
+    ) -> Result<Response<pb::DisableMfaResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::DisableMfaRequest { password, code, method } = request.into_inner();
+        let method = convert::mfa_method_from(method, "method").map_err(to_status)?;
+        self.domain.disable_mfa(&caller, &password, method, &code).await.map_err(to_status)?;
+        Ok(Response::new(pb::DisableMfaResponse {}))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn regenerate_recovery_codes(
+        &self,
+        request: Request<pb::RegenerateRecoveryCodesRequest>,
+    ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::RegenerateRecoveryCodesRequest {} = request.into_inner();
+        let codes = self.domain.regenerate_recovery_codes(&caller).await.map_err(to_status)?;
+        Ok(Response::new(pb::RegenerateRecoveryCodesResponse { recovery_codes: convert::exposed(&codes) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn reset_mfa(
+        &self,
+        request: Request<pb::ResetMfaRequest>,
+    ) -> Result<Response<pb::ResetMfaResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let pb::ResetMfaRequest { user_id } = request.into_inner();
+        let revoked = self.domain.reset_mfa(&caller, user_id).await.map_err(to_status)?;
+        Ok(Response::new(pb::ResetMfaResponse { revoked_sessions: revoked as i64 }))
     }
 }

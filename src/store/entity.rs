@@ -20,6 +20,9 @@ pub mod users {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub kind: String,
+        pub mfa_totp: bool,
+        pub mfa_email: bool,
+        pub failed_attempts: i32,
     }
 
     /// Relations of `users`.
@@ -66,6 +69,7 @@ pub mod sessions {
         pub auth_methods: String,
         pub revoked_at: Option<DateTimeUtc>,
         pub revoke_reason: Option<String>,
+        pub mfa_attempts: i32,
     }
 
     /// Relations of `sessions`.
@@ -134,6 +138,78 @@ pub mod api_keys {
             Relation::Owner.def()
         }
     }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod totp_secrets {
+    //! The `totp_secrets` table: one TOTP secret per user, sealed.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `totp_secrets`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "totp_secrets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i64,
+        pub secret_sealed: Vec<u8>,
+        pub confirmed: bool,
+        pub last_step: Option<i64>,
+        pub created_at: DateTimeUtc,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod mfa_codes {
+    //! The `mfa_codes` table: emailed one-time codes, hashed.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `mfa_codes`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "mfa_codes")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub user_id: i64,
+        pub session_id: Option<i64>,
+        pub purpose: String,
+        pub code_hash: Vec<u8>,
+        pub attempts: i32,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod recovery_codes {
+    //! The `recovery_codes` table: single-use codes, hashed.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `recovery_codes`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "recovery_codes")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub user_id: i64,
+        pub code_hash: Vec<u8>,
+        pub used_at: Option<DateTimeUtc>,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
 
     impl ActiveModelBehavior for ActiveModel {}
 }

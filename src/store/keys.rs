@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait, sea_query::Expr,
 };
 
 use super::{
@@ -89,11 +89,7 @@ fn active_model(new: NewKey) -> api_keys::ActiveModel {
 impl Store {
     /// Inserts a key.
     pub async fn insert_key(&self, new: NewKey) -> Result<ApiKey> {
-        active_model(new)
-            .insert(&self.db)
-            .await
-            .map_err(conflict_or_unavailable("api key"))?
-            .try_into()
+        active_model(new).insert(&self.db).await.map_err(conflict_or_unavailable("api key"))?.try_into()
     }
 
     /// The key with `id`.
@@ -121,12 +117,7 @@ impl Store {
     }
 
     /// Keys of `owner_id`, newest first, before `before`.
-    pub async fn list_keys(
-        &self,
-        owner_id: i64,
-        before: Option<i64>,
-        limit: u64,
-    ) -> Result<Vec<ApiKey>> {
+    pub async fn list_keys(&self, owner_id: i64, before: Option<i64>, limit: u64) -> Result<Vec<ApiKey>> {
         let mut query = api_keys::Entity::find()
             .filter(api_keys::Column::OwnerId.eq(owner_id))
             .order_by_desc(api_keys::Column::Id)
@@ -134,13 +125,7 @@ impl Store {
         if let Some(before) = before {
             query = query.filter(api_keys::Column::Id.lt(before));
         }
-        query
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(ApiKey::try_from)
-            .collect()
+        query.all(&self.db).await.map_err(unavailable)?.into_iter().map(ApiKey::try_from).collect()
     }
 
     /// Sets a key's name and/or scopes.
@@ -150,10 +135,7 @@ impl Store {
         name: Option<String>,
         scopes: Option<Vec<String>>,
     ) -> Result<Option<ApiKey>> {
-        let Some(existing) = api_keys::Entity::find_by_id(id)
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
+        let Some(existing) = api_keys::Entity::find_by_id(id).one(&self.db).await.map_err(unavailable)?
         else {
             return Ok(None);
         };
@@ -164,13 +146,7 @@ impl Store {
         if let Some(scopes) = scopes {
             model.scopes = Set(scopes.join(" "));
         }
-        Ok(Some(
-            model
-                .update(&self.db)
-                .await
-                .map_err(unavailable)?
-                .try_into()?,
-        ))
+        Ok(Some(model.update(&self.db).await.map_err(unavailable)?.try_into()?))
     }
 
     /// Makes key `id` stop working at `at`, unless it already stops earlier.
@@ -214,11 +190,8 @@ impl Store {
         if retired.rows_affected != 1 {
             return Ok(None);
         }
-        let created: ApiKey = active_model(new)
-            .insert(&txn)
-            .await
-            .map_err(conflict_or_unavailable("api key"))?
-            .try_into()?;
+        let created: ApiKey =
+            active_model(new).insert(&txn).await.map_err(conflict_or_unavailable("api key"))?.try_into()?;
         let old: ApiKey = api_keys::Entity::find_by_id(old_id)
             .one(&txn)
             .await

@@ -6,6 +6,7 @@
 
 mod entity;
 mod keys;
+mod mfa;
 mod sessions;
 mod users;
 
@@ -17,6 +18,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 use crate::domain::Error;
 
 pub use keys::NewKey;
+pub use mfa::{CodePurpose, MAX_CODE_ATTEMPTS};
 pub use sessions::{NewSession, Rotation, SessionMatch};
 pub use users::NewUser;
 

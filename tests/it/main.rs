@@ -2,12 +2,7 @@
 //! `127.0.0.1:0` and talks to it with the generated gRPC client, on SQLite
 //! and (when `PORTCULLIS_TEST_DATABASE_URL` is set) on PostgreSQL, each test
 //! in its own database.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::missing_panics_doc
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::missing_panics_doc)]
 
 mod support;
 

@@ -26,13 +26,10 @@ crate::db_tests!(
 );
 
 async fn health(app: &TestApp, service: &str) -> i32 {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect_lazy();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr)).unwrap().connect_lazy();
     HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
+        .check(HealthCheckRequest { service: service.into() })
         .await
         .unwrap()
         .into_inner()
@@ -42,11 +39,7 @@ async fn health(app: &TestApp, service: &str) -> i32 {
 async fn health_reports_serving_for_every_service(backend: Backend) {
     let app = TestApp::start(&backend).await;
     for service in ["", "portcullis.v1.AuthService", "portcullis.v1.UserService"] {
-        assert_eq!(
-            health(&app, service).await,
-            ServingStatus::Serving as i32,
-            "{service:?}"
-        );
+        assert_eq!(health(&app, service).await, ServingStatus::Serving as i32, "{service:?}");
     }
     app.stop().await;
 }
@@ -58,8 +51,7 @@ async fn database_outage_is_unavailable_never_valid() {
         return;
     };
     let app = TestApp::start(&backend).await;
-    app.create_user("olga@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("olga@example.com", USER_PASSWORD, Role::User).await;
     let uncached = app.login("olga@example.com", USER_PASSWORD).await.token;
 
     app.db.drop_database().await;
@@ -79,10 +71,7 @@ async fn database_outage_is_unavailable_never_valid() {
     // The probe runs every 100 ms in tests; wait for it to notice.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while health(&app, "").await != ServingStatus::NotServing as i32 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never reported NOT_SERVING"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "health never reported NOT_SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await;
@@ -96,8 +85,7 @@ async fn full_hash_queue_answers_resource_exhausted_at_once(backend: Backend) {
         c.argon2_iterations = 3;
     })
     .await;
-    app.create_user("pat@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("pat@example.com", USER_PASSWORD, Role::User).await;
     let mut calls = Vec::new();
     for _ in 0..8 {
         let mut auth = app.auth();
@@ -117,12 +105,7 @@ async fn full_hash_queue_answers_resource_exhausted_at_once(backend: Backend) {
             Ok(_) => served += 1,
             Err(status) => {
                 assert_error(&status, Code::ResourceExhausted, "RATE_LIMITED");
-                assert!(
-                    status
-                        .get_details_retry_info()
-                        .and_then(|r| r.retry_delay)
-                        .is_some()
-                );
+                assert!(status.get_details_retry_info().and_then(|r| r.retry_delay).is_some());
                 assert!(status.metadata().get("retry-after").is_some());
                 shed += 1;
             }
@@ -141,9 +124,7 @@ async fn stored_hash(db: &TestDb, email: &str) -> String {
         .query_one_raw(Statement::from_sql_and_values(
             conn.get_database_backend(),
             match conn.get_database_backend() {
-                sea_orm::DatabaseBackend::Postgres => {
-                    "SELECT password_hash FROM users WHERE email = $1"
-                }
+                sea_orm::DatabaseBackend::Postgres => "SELECT password_hash FROM users WHERE email = $1",
                 _ => "SELECT password_hash FROM users WHERE email = ?",
             },
             [email.into()],
@@ -162,19 +143,11 @@ async fn password_hash_is_upgraded_when_parameters_change(backend: Backend) {
         c.argon2_iterations = 1;
     })
     .await;
-    app.create_user("quinn@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("quinn@example.com", USER_PASSWORD, Role::User).await;
     let before = stored_hash(&app.db, "quinn@example.com").await;
-    assert!(
-        before.starts_with("$argon2id$") && before.contains("m=1024,t=1,p=1"),
-        "{before}"
-    );
+    assert!(before.starts_with("$argon2id$") && before.contains("m=1024,t=1,p=1"), "{before}");
     let token = app.login("quinn@example.com", USER_PASSWORD).await.token;
-    assert_eq!(
-        stored_hash(&app.db, "quinn@example.com").await,
-        before,
-        "same parameters: no rehash"
-    );
+    assert_eq!(stored_hash(&app.db, "quinn@example.com").await, before, "same parameters: no rehash");
 
     // Restart with the OWASP defaults on the same database.
     let app = app
@@ -197,8 +170,7 @@ async fn graceful_shutdown_lets_calls_in_flight_finish(backend: Backend) {
         c.argon2_iterations = 4;
     })
     .await;
-    app.create_user("ruth@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("ruth@example.com", USER_PASSWORD, Role::User).await;
     let before = app.domain.hasher().verification_count();
     let mut auth = app.auth();
     let login = tokio::spawn(async move {
@@ -216,10 +188,7 @@ async fn graceful_shutdown_lets_calls_in_flight_finish(backend: Backend) {
     let addr = app.addr;
     app.stop().await;
     let response = login.await.unwrap().expect("the call in flight completes");
-    assert!(matches!(
-        response.into_inner().result,
-        Some(pb::login_response::Result::Session(_))
-    ));
+    assert!(matches!(response.into_inner().result, Some(pb::login_response::Result::Session(_))));
     // And the listener is closed.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
@@ -245,10 +214,7 @@ async fn oversized_messages_are_refused(backend: Backend) {
 
 fn portcullis() -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    command
-        .env_remove("PORTCULLIS_TEST_DATABASE_URL")
-        .env_remove("DATABASE_URL")
-        .kill_on_drop(true);
+    command.env_remove("PORTCULLIS_TEST_DATABASE_URL").env_remove("DATABASE_URL").kill_on_drop(true);
     command
 }
 
@@ -256,61 +222,29 @@ fn portcullis() -> tokio::process::Command {
 async fn cli_creates_the_first_admin_who_can_log_in() {
     let db = TestDb::create(&Backend::Sqlite).await;
     let mut child = portcullis()
-        .args([
-            "user",
-            "create",
-            "--email",
-            "First@Example.com",
-            "--role",
-            "admin",
-            "--password-stdin",
-        ])
+        .args(["user", "create", "--email", "First@Example.com", "--role", "admin", "--password-stdin"])
         .env("PORTCULLIS_DATABASE_URL", &db.url)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"first admin password\n")
-        .await
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"first admin password\n").await.unwrap();
     let output = child.wait_with_output().await.unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("first@example.com") && stdout.contains("admin"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("first@example.com") && stdout.contains("admin"), "{stdout}");
     assert!(!stdout.contains("first admin password"));
 
     let config = test_config(&db);
-    let app = TestApp::start_on(
-        db,
-        config,
-        portcullis::domain::ManualClock::new(crate::support::epoch()),
-    )
-    .await;
+    let app =
+        TestApp::start_on(db, config, portcullis::domain::ManualClock::new(crate::support::epoch())).await;
     let session = app.login("first@example.com", "first admin password").await;
     assert_eq!(session.user.unwrap().role, pb::Role::Admin as i32);
 
     // A second user with the same email (after normalisation) is refused.
     let again = portcullis()
-        .args([
-            "user",
-            "create",
-            "--email",
-            " FIRST@example.com",
-            "--role",
-            "user",
-        ])
+        .args(["user", "create", "--email", " FIRST@example.com", "--role", "user"])
         .env("PORTCULLIS_DATABASE_URL", &app.db.url)
         .env("PORTCULLIS_USER_PASSWORD", "another password")
         .output()
@@ -339,10 +273,7 @@ async fn a_bad_setting_stops_start_up_naming_it() {
             .unwrap();
         assert!(!output.status.success(), "{name}={value} started");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.to_lowercase().contains(named),
-            "{name}={value}: {stderr}"
-        );
+        assert!(stderr.to_lowercase().contains(named), "{name}={value}: {stderr}");
     }
 }
 
@@ -350,60 +281,29 @@ async fn a_bad_setting_stops_start_up_naming_it() {
 async fn cli_bootstraps_a_service_account_and_its_key() {
     let db = TestDb::create(&Backend::Sqlite).await;
     let created = portcullis()
-        .args([
-            "user",
-            "create",
-            "--email",
-            "deploy@svc.example.com",
-            "--service",
-        ])
+        .args(["user", "create", "--email", "deploy@svc.example.com", "--service"])
         .env("PORTCULLIS_DATABASE_URL", &db.url)
         .output()
         .await
         .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let key = portcullis()
-        .args([
-            "key",
-            "create",
-            "--owner",
-            "deploy@svc.example.com",
-            "--name",
-            "deployer",
-        ])
+        .args(["key", "create", "--owner", "deploy@svc.example.com", "--name", "deployer"])
         .args(["--scope", "portcullis:users:read", "--scope", "assets:*"])
         .env("PORTCULLIS_DATABASE_URL", &db.url)
         .output()
         .await
         .unwrap();
-    assert!(
-        key.status.success(),
-        "{}",
-        String::from_utf8_lossy(&key.stderr)
-    );
+    assert!(key.status.success(), "{}", String::from_utf8_lossy(&key.stderr));
     let printed = String::from_utf8_lossy(&key.stdout).trim().to_owned();
-    assert!(
-        printed.starts_with("pcs_live_"),
-        "stdout is the key alone: {printed}"
-    );
+    assert!(printed.starts_with("pcs_live_"), "stdout is the key alone: {printed}");
 
     let config = test_config(&db);
-    let app = TestApp::start_on(
-        db,
-        config,
-        portcullis::domain::ManualClock::new(crate::support::epoch()),
-    )
-    .await;
+    let app =
+        TestApp::start_on(db, config, portcullis::domain::ManualClock::new(crate::support::epoch())).await;
     let principal = app.validate(&printed).await.unwrap();
     assert_eq!(principal.email, "deploy@svc.example.com");
-    assert_eq!(
-        principal.scopes,
-        vec!["portcullis:users:read".to_owned(), "assets:*".to_owned()]
-    );
+    assert_eq!(principal.scopes, vec!["portcullis:users:read".to_owned(), "assets:*".to_owned()]);
     let key_id = match principal.credential_id {
         Some(pb::principal::CredentialId::KeyId(id)) => id,
         other => panic!("not a key: {other:?}"),
@@ -415,19 +315,11 @@ async fn cli_bootstraps_a_service_account_and_its_key() {
         .output()
         .await
         .unwrap();
-    assert!(
-        revoked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&revoked.stderr)
-    );
+    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
     // Another process revoked it: this server's cache entry lives at most
     // token_cache_ttl; an uncached validation sees the revocation at once.
     let fresh = app.restart_with(|_| {}).await;
-    assert_error(
-        &fresh.validate(&printed).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&fresh.validate(&printed).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     let unknown = portcullis()
         .args(["key", "revoke", "999"])

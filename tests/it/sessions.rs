@@ -11,9 +11,7 @@ use portcullis::{
 use prost_types::Timestamp;
 use tonic::Code;
 
-use crate::support::{
-    ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, bearer, epoch,
-};
+use crate::support::{ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, bearer, epoch};
 
 crate::db_tests!(
     login_validate_refresh_logout_flow,
@@ -62,15 +60,8 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
     assert_eq!(user.email, "alice@example.com");
 
     let session = app.login("ALICE@example.com", USER_PASSWORD).await;
-    assert!(
-        session.token.starts_with("pcs_sess_"),
-        "{}",
-        session.token.len()
-    );
-    assert_eq!(
-        seconds(session.expire_time.as_ref()),
-        (epoch() + Duration::hours(24)).timestamp()
-    );
+    assert!(session.token.starts_with("pcs_sess_"), "{}", session.token.len());
+    assert_eq!(seconds(session.expire_time.as_ref()), (epoch() + Duration::hours(24)).timestamp());
     assert_eq!(session.user.as_ref().unwrap().id, user.id);
 
     let principal = app.validate(&session.token).await.unwrap();
@@ -78,23 +69,15 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
     assert_eq!(principal.user_id, user.id);
     assert_eq!(principal.email, "alice@example.com");
     assert_eq!(principal.role, pb::Role::User as i32);
-    assert_eq!(
-        principal.credential_id,
-        Some(pb::principal::CredentialId::SessionId(session.session_id))
-    );
-    assert_eq!(
-        principal.auth_methods,
-        vec![pb::AuthMethod::Password as i32]
-    );
+    assert_eq!(principal.credential_id, Some(pb::principal::CredentialId::SessionId(session.session_id)));
+    assert_eq!(principal.auth_methods, vec![pb::AuthMethod::Password as i32]);
     assert!(principal.scopes.is_empty());
 
     // Refresh: a new token with a fresh window; the old one works in the grace.
     app.clock.advance(Duration::hours(1));
     let refreshed = app
         .auth()
-        .refresh_session(pb::RefreshSessionRequest {
-            token: session.token.clone(),
-        })
+        .refresh_session(pb::RefreshSessionRequest { token: session.token.clone() })
         .await
         .unwrap()
         .into_inner()
@@ -102,10 +85,7 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
         .unwrap();
     assert_ne!(refreshed.token, session.token);
     assert_eq!(refreshed.session_id, session.session_id);
-    assert_eq!(
-        seconds(refreshed.expire_time.as_ref()),
-        (epoch() + Duration::hours(25)).timestamp()
-    );
+    assert_eq!(seconds(refreshed.expire_time.as_ref()), (epoch() + Duration::hours(25)).timestamp());
     app.validate(&refreshed.token).await.unwrap();
     app.validate(&session.token).await.unwrap();
 
@@ -115,66 +95,32 @@ async fn login_validate_refresh_logout_flow(backend: Backend) {
     app.validate(&refreshed.token).await.unwrap();
 
     // Logout ends the session.
-    app.auth()
-        .logout(pb::LogoutRequest {
-            token: refreshed.token.clone(),
-        })
-        .await
-        .unwrap();
+    app.auth().logout(pb::LogoutRequest { token: refreshed.token.clone() }).await.unwrap();
     let after = app.validate(&refreshed.token).await.unwrap_err();
     assert_error(&after, Code::Unauthenticated, "UNAUTHORIZED");
     // Logging out twice is harmless.
-    app.auth()
-        .logout(pb::LogoutRequest {
-            token: refreshed.token.clone(),
-        })
-        .await
-        .unwrap();
+    app.auth().logout(pb::LogoutRequest { token: refreshed.token.clone() }).await.unwrap();
     app.stop().await;
 }
 
 async fn every_credential_form_validates(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("bob@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("bob@example.com", USER_PASSWORD, Role::User).await;
     let token = app.login("bob@example.com", USER_PASSWORD).await.token;
 
     let forms: Vec<(HashMap<String, String>, String)> = vec![
-        (
-            [("Authorization".into(), format!("Bearer {token}"))].into(),
-            String::new(),
-        ),
-        (
-            [("authorization".into(), format!("bearer {token}"))].into(),
-            String::new(),
-        ),
-        (
-            [("Authorization".into(), format!("Token {token}"))].into(),
-            String::new(),
-        ),
+        ([("Authorization".into(), format!("Bearer {token}"))].into(), String::new()),
+        ([("authorization".into(), format!("bearer {token}"))].into(), String::new()),
+        ([("Authorization".into(), format!("Token {token}"))].into(), String::new()),
         ([("X-API-Key".into(), token.clone())].into(), String::new()),
         ([("x-api-key".into(), token.clone())].into(), String::new()),
-        (
-            [(
-                "Cookie".into(),
-                format!("theme=dark; portcullis_session={token}"),
-            )]
-            .into(),
-            String::new(),
-        ),
+        ([("Cookie".into(), format!("theme=dark; portcullis_session={token}"))].into(), String::new()),
         (HashMap::new(), format!("page=2&token={token}")),
         // The same token in two places is not ambiguous.
-        (
-            [("Authorization".into(), format!("Bearer {token}"))].into(),
-            format!("token={token}"),
-        ),
+        ([("Authorization".into(), format!("Bearer {token}"))].into(), format!("token={token}")),
     ];
     for (headers, query) in forms {
-        let described = format!(
-            "{:?} / query {}",
-            headers.keys().collect::<Vec<_>>(),
-            !query.is_empty()
-        );
+        let described = format!("{:?} / query {}", headers.keys().collect::<Vec<_>>(), !query.is_empty());
         let principal = app
             .auth()
             .validate_token(pb::ValidateTokenRequest {
@@ -207,20 +153,16 @@ async fn every_credential_form_validates(backend: Backend) {
 
 async fn session_expires_with_the_clock(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("carol@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("carol@example.com", USER_PASSWORD, Role::User).await;
     let session = app.login("carol@example.com", USER_PASSWORD).await;
-    app.clock
-        .advance(Duration::hours(24) - Duration::seconds(1));
+    app.clock.advance(Duration::hours(24) - Duration::seconds(1));
     app.validate(&session.token).await.unwrap();
     app.clock.advance(Duration::seconds(1));
     let expired = app.validate(&session.token).await.unwrap_err();
     assert_error(&expired, Code::Unauthenticated, "TOKEN_EXPIRED");
     let refresh = app
         .auth()
-        .refresh_session(pb::RefreshSessionRequest {
-            token: session.token.clone(),
-        })
+        .refresh_session(pb::RefreshSessionRequest { token: session.token.clone() })
         .await
         .unwrap_err();
     assert_error(&refresh, Code::Unauthenticated, "TOKEN_EXPIRED");
@@ -241,53 +183,31 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
                 email: "dave@example.com".into(),
                 password: USER_PASSWORD.into(),
                 role: pb::Role::User as i32,
-                session_lifetime: Some(prost_types::Duration {
-                    seconds: 10 * 3600,
-                    nanos: 0,
-                }),
+                session_lifetime: Some(prost_types::Duration { seconds: 10 * 3600, nanos: 0 }),
                 kind: pb::UserKind::Human as i32,
             },
         ))
         .await
         .unwrap();
     let session = app.login("dave@example.com", USER_PASSWORD).await;
-    assert_eq!(
-        seconds(session.expire_time.as_ref()),
-        (epoch() + Duration::hours(10)).timestamp()
-    );
+    assert_eq!(seconds(session.expire_time.as_ref()), (epoch() + Duration::hours(10)).timestamp());
 
     let login = |hours: i64| pb::LoginRequest {
         email: "dave@example.com".into(),
         password: USER_PASSWORD.into(),
-        session_lifetime: Some(prost_types::Duration {
-            seconds: hours * 3600,
-            nanos: 0,
-        }),
+        session_lifetime: Some(prost_types::Duration { seconds: hours * 3600, nanos: 0 }),
         ..Default::default()
     };
     let shorter = app.auth().login(login(1)).await.unwrap().into_inner();
-    let Some(pb::login_response::Result::Session(shorter)) = shorter.result else {
-        panic!()
-    };
-    assert_eq!(
-        seconds(shorter.expire_time.as_ref()),
-        (epoch() + Duration::hours(1)).timestamp()
-    );
+    let Some(pb::login_response::Result::Session(shorter)) = shorter.result else { panic!() };
+    assert_eq!(seconds(shorter.expire_time.as_ref()), (epoch() + Duration::hours(1)).timestamp());
     // Asking for more than the user's lifetime gets the user's lifetime.
     let longer = app.auth().login(login(100)).await.unwrap().into_inner();
-    let Some(pb::login_response::Result::Session(longer)) = longer.result else {
-        panic!()
-    };
-    assert_eq!(
-        seconds(longer.expire_time.as_ref()),
-        (epoch() + Duration::hours(10)).timestamp()
-    );
+    let Some(pb::login_response::Result::Session(longer)) = longer.result else { panic!() };
+    assert_eq!(seconds(longer.expire_time.as_ref()), (epoch() + Duration::hours(10)).timestamp());
     // The admin has no override: the global 48 hours.
     let admin_session = app.login("admin@example.com", ADMIN_PASSWORD).await;
-    assert_eq!(
-        seconds(admin_session.expire_time.as_ref()),
-        (epoch() + Duration::hours(48)).timestamp()
-    );
+    assert_eq!(seconds(admin_session.expire_time.as_ref()), (epoch() + Duration::hours(48)).timestamp());
 
     // Clearing the override returns the user to the default.
     let user_id = session.user.unwrap().id;
@@ -295,38 +215,27 @@ async fn per_user_and_requested_lifetimes_apply(backend: Backend) {
         .update_user(bearer(
             &admin,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id: user_id,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["session_lifetime".into()],
-                }),
+                user: Some(pb::User { id: user_id, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["session_lifetime".into()] }),
             },
         ))
         .await
         .unwrap();
     let default = app.login("dave@example.com", USER_PASSWORD).await;
-    assert_eq!(
-        seconds(default.expire_time.as_ref()),
-        (epoch() + Duration::hours(48)).timestamp()
-    );
+    assert_eq!(seconds(default.expire_time.as_ref()), (epoch() + Duration::hours(48)).timestamp());
     app.stop().await;
 }
 
 async fn refresh(app: &TestApp, token: &str) -> Result<pb::IssuedSession, tonic::Status> {
     app.auth()
-        .refresh_session(pb::RefreshSessionRequest {
-            token: token.into(),
-        })
+        .refresh_session(pb::RefreshSessionRequest { token: token.into() })
         .await
         .map(|r| r.into_inner().session.unwrap())
 }
 
 async fn refresh_within_grace_issues_another_token(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("erin@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("erin@example.com", USER_PASSWORD, Role::User).await;
     let first = app.login("erin@example.com", USER_PASSWORD).await;
     let lost = refresh(&app, &first.token).await.unwrap();
     // The response was lost; the client retries with the first token.
@@ -347,8 +256,7 @@ async fn refresh_within_grace_issues_another_token(backend: Backend) {
 
 async fn refresh_reuse_after_grace_revokes_the_session(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("frank@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("frank@example.com", USER_PASSWORD, Role::User).await;
     let first = app.login("frank@example.com", USER_PASSWORD).await;
     let second = refresh(&app, &first.token).await.unwrap();
     app.validate(&second.token).await.unwrap();
@@ -358,10 +266,7 @@ async fn refresh_reuse_after_grace_revokes_the_session(backend: Backend) {
     assert_error(&reuse, Code::Unauthenticated, "UNAUTHORIZED");
     assert!(reuse.message().contains("revoked"), "{}", reuse.message());
     let info = tonic_types::StatusExt::get_details_error_info(&reuse).unwrap();
-    assert_eq!(
-        info.metadata.get("session_revoked").map(String::as_str),
-        Some("true")
-    );
+    assert_eq!(info.metadata.get("session_revoked").map(String::as_str), Some("true"));
 
     // The thief's or the owner's newer token: both stop at once.
     let revoked = app.validate(&second.token).await.unwrap_err();
@@ -375,23 +280,16 @@ async fn refresh_stops_at_the_absolute_lifetime(backend: Backend) {
         c.session_absolute_lifetime = std::time::Duration::from_hours(48);
     })
     .await;
-    app.create_user("gina@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("gina@example.com", USER_PASSWORD, Role::User).await;
     let mut token = app.login("gina@example.com", USER_PASSWORD).await.token;
     app.clock.advance(Duration::hours(23));
     let at_23 = refresh(&app, &token).await.unwrap();
-    assert_eq!(
-        seconds(at_23.expire_time.as_ref()),
-        (epoch() + Duration::hours(47)).timestamp()
-    );
+    assert_eq!(seconds(at_23.expire_time.as_ref()), (epoch() + Duration::hours(47)).timestamp());
     token = at_23.token;
     app.clock.advance(Duration::hours(23));
     let at_46 = refresh(&app, &token).await.unwrap();
     // Capped at login + 48 h.
-    assert_eq!(
-        seconds(at_46.expire_time.as_ref()),
-        (epoch() + Duration::hours(48)).timestamp()
-    );
+    assert_eq!(seconds(at_46.expire_time.as_ref()), (epoch() + Duration::hours(48)).timestamp());
     app.clock.advance(Duration::hours(2));
     let over = app.validate(&at_46.token).await.unwrap_err();
     assert_error(&over, Code::Unauthenticated, "TOKEN_EXPIRED");
@@ -411,8 +309,7 @@ async fn list_sessions(app: &TestApp, token: &str) -> Vec<pb::Session> {
 
 async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("hank@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("hank@example.com", USER_PASSWORD, Role::User).await;
     let mut tokens = Vec::new();
     for device in ["laptop", "phone", "tablet"] {
         let response = app
@@ -430,9 +327,7 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
             .await
             .unwrap()
             .into_inner();
-        let Some(pb::login_response::Result::Session(session)) = response.result else {
-            panic!()
-        };
+        let Some(pb::login_response::Result::Session(session)) = response.result else { panic!() };
         tokens.push(session);
     }
     let listed = list_sessions(&app, &tokens[0].token).await;
@@ -448,17 +343,11 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
     app.auth()
         .revoke_session(bearer(
             &tokens[0].token,
-            pb::RevokeSessionRequest {
-                session_id: tokens[1].session_id,
-            },
+            pb::RevokeSessionRequest { session_id: tokens[1].session_id },
         ))
         .await
         .unwrap();
-    assert_error(
-        &app.validate(&tokens[1].token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&tokens[1].token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
     app.validate(&tokens[2].token).await.unwrap();
     assert_eq!(list_sessions(&app, &tokens[0].token).await.len(), 2);
 
@@ -467,10 +356,7 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
         .auth()
         .revoke_sessions(bearer(
             &tokens[0].token,
-            pb::RevokeSessionsRequest {
-                user_id: 0,
-                keep_current: true,
-            },
+            pb::RevokeSessionsRequest { user_id: 0, keep_current: true },
         ))
         .await
         .unwrap()
@@ -479,19 +365,13 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
     assert!(app.validate(&tokens[2].token).await.is_err());
     app.validate(&tokens[0].token).await.unwrap();
     let left = list_sessions(&app, &tokens[0].token).await;
-    assert_eq!(
-        left.iter().map(|s| s.id).collect::<Vec<_>>(),
-        vec![tokens[0].session_id]
-    );
+    assert_eq!(left.iter().map(|s| s.id).collect::<Vec<_>>(), vec![tokens[0].session_id]);
 
     // And all, including the caller's own.
     app.auth()
         .revoke_sessions(bearer(
             &tokens[0].token,
-            pb::RevokeSessionsRequest {
-                user_id: 0,
-                keep_current: false,
-            },
+            pb::RevokeSessionsRequest { user_id: 0, keep_current: false },
         ))
         .await
         .unwrap();
@@ -501,8 +381,7 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
 
 async fn password_change_revokes_other_sessions(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("ivy@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("ivy@example.com", USER_PASSWORD, Role::User).await;
     let a = app.login("ivy@example.com", USER_PASSWORD).await.token;
     let b = app.login("ivy@example.com", USER_PASSWORD).await.token;
     app.validate(&b).await.unwrap();
@@ -535,11 +414,7 @@ async fn password_change_revokes_other_sessions(backend: Backend) {
         .into_inner();
     assert_eq!(changed.revoked_sessions, 1);
     app.validate(&a).await.unwrap();
-    assert_error(
-        &app.validate(&b).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&b).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     let old = app
         .auth()
@@ -558,19 +433,14 @@ async fn password_change_revokes_other_sessions(backend: Backend) {
 async fn admin_password_reset_revokes_all_sessions(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let admin = app.admin_token().await;
-    let id = app
-        .create_user("jack@example.com", USER_PASSWORD, Role::User)
-        .await;
+    let id = app.create_user("jack@example.com", USER_PASSWORD, Role::User).await;
     let a = app.login("jack@example.com", USER_PASSWORD).await.token;
     let b = app.login("jack@example.com", USER_PASSWORD).await.token;
     let reset = app
         .users()
         .set_password(bearer(
             &admin,
-            pb::SetPasswordRequest {
-                user_id: id,
-                new_password: "reset password 1".into(),
-            },
+            pb::SetPasswordRequest { user_id: id, new_password: "reset password 1".into() },
         ))
         .await
         .unwrap()
@@ -588,14 +458,8 @@ async fn set_disabled(app: &TestApp, admin: &str, id: i64, disabled: bool) -> pb
         .update_user(bearer(
             admin,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id,
-                    disabled,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["disabled".into()],
-                }),
+                user: Some(pb::User { id, disabled, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["disabled".into()] }),
             },
         ))
         .await
@@ -608,19 +472,13 @@ async fn set_disabled(app: &TestApp, admin: &str, id: i64, disabled: bool) -> pb
 async fn disabling_a_user_stops_its_tokens_at_once(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let admin = app.admin_token().await;
-    let id = app
-        .create_user("kim@example.com", USER_PASSWORD, Role::User)
-        .await;
+    let id = app.create_user("kim@example.com", USER_PASSWORD, Role::User).await;
     let token = app.login("kim@example.com", USER_PASSWORD).await.token;
     // Warm the cache, then disable: the very next validation must refuse.
     app.validate(&token).await.unwrap();
     app.validate(&token).await.unwrap();
     assert!(set_disabled(&app, &admin, id, true).await.disabled);
-    assert_error(
-        &app.validate(&token).await.unwrap_err(),
-        Code::Unauthenticated,
-        "UNAUTHORIZED",
-    );
+    assert_error(&app.validate(&token).await.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
 
     let login = app
         .auth()
@@ -643,11 +501,8 @@ async fn disabling_a_user_stops_its_tokens_at_once(backend: Backend) {
 async fn unknown_email_wrong_password_and_disabled_answer_alike(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let admin = app.admin_token().await;
-    app.create_user("known@example.com", USER_PASSWORD, Role::User)
-        .await;
-    let disabled = app
-        .create_user("disabled@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("known@example.com", USER_PASSWORD, Role::User).await;
+    let disabled = app.create_user("disabled@example.com", USER_PASSWORD, Role::User).await;
     set_disabled(&app, &admin, disabled, true).await;
 
     let attempts = [
@@ -660,24 +515,12 @@ async fn unknown_email_wrong_password_and_disabled_answer_alike(backend: Backend
         let before = app.domain.hasher().verification_count();
         let status = app
             .auth()
-            .login(pb::LoginRequest {
-                email: email.into(),
-                password: password.into(),
-                ..Default::default()
-            })
+            .login(pb::LoginRequest { email: email.into(), password: password.into(), ..Default::default() })
             .await
             .unwrap_err();
         // Each costs exactly one password verification.
-        assert_eq!(
-            app.domain.hasher().verification_count() - before,
-            1,
-            "{email}"
-        );
-        answers.push((
-            status.code(),
-            status.message().to_owned(),
-            status.details().to_vec(),
-        ));
+        assert_eq!(app.domain.hasher().verification_count() - before, 1, "{email}");
+        answers.push((status.code(), status.message().to_owned(), status.details().to_vec()));
     }
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[1], answers[2]);
@@ -688,26 +531,15 @@ async fn unknown_email_wrong_password_and_disabled_answer_alike(backend: Backend
 async fn role_change_reaches_cached_tokens(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let admin = app.admin_token().await;
-    let id = app
-        .create_user("lee@example.com", USER_PASSWORD, Role::User)
-        .await;
+    let id = app.create_user("lee@example.com", USER_PASSWORD, Role::User).await;
     let token = app.login("lee@example.com", USER_PASSWORD).await.token;
-    assert_eq!(
-        app.validate(&token).await.unwrap().role,
-        pb::Role::User as i32
-    );
+    assert_eq!(app.validate(&token).await.unwrap().role, pb::Role::User as i32);
     app.users()
         .update_user(bearer(
             &admin,
             pb::UpdateUserRequest {
-                user: Some(pb::User {
-                    id,
-                    role: pb::Role::Admin as i32,
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["role".into()],
-                }),
+                user: Some(pb::User { id, role: pb::Role::Admin as i32, ..Default::default() }),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["role".into()] }),
             },
         ))
         .await
@@ -722,8 +554,7 @@ async fn users_are_listed_in_pages(backend: Backend) {
     let app = TestApp::start(&backend).await;
     let admin = app.admin_token().await;
     for i in 0..4 {
-        app.create_user(&format!("user{i}@example.com"), USER_PASSWORD, Role::User)
-            .await;
+        app.create_user(&format!("user{i}@example.com"), USER_PASSWORD, Role::User).await;
     }
     let mut emails = Vec::new();
     let mut page_token = String::new();
@@ -731,13 +562,7 @@ async fn users_are_listed_in_pages(backend: Backend) {
     loop {
         let page = app
             .users()
-            .list_users(bearer(
-                &admin,
-                pb::ListUsersRequest {
-                    page_size: 2,
-                    page_token: page_token.clone(),
-                },
-            ))
+            .list_users(bearer(&admin, pb::ListUsersRequest { page_size: 2, page_token: page_token.clone() }))
             .await
             .unwrap()
             .into_inner();
@@ -765,8 +590,7 @@ async fn users_are_listed_in_pages(backend: Backend) {
 
 async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
     let app = TestApp::start(&backend).await;
-    app.create_user("mia@example.com", USER_PASSWORD, Role::User)
-        .await;
+    app.create_user("mia@example.com", USER_PASSWORD, Role::User).await;
     let token = app.login("mia@example.com", USER_PASSWORD).await.token;
     app.clock.advance(Duration::minutes(5));
     app.validate(&token).await.unwrap();
@@ -776,16 +600,10 @@ async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
     loop {
         let sessions = list_sessions(&app, &token).await;
         if seconds(sessions[0].last_seen_time.as_ref()) == seen_at {
-            assert_eq!(
-                seconds(sessions[0].create_time.as_ref()),
-                epoch().timestamp()
-            );
+            assert_eq!(seconds(sessions[0].create_time.as_ref()), epoch().timestamp());
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "last-seen never written: {sessions:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "last-seen never written: {sessions:?}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;

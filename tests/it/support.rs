@@ -58,9 +58,7 @@ impl Backend {
         match std::env::var("PORTCULLIS_TEST_DATABASE_URL") {
             Ok(url) if !url.is_empty() => Some(Backend::Postgres(url)),
             _ if std::env::var_os("CI").is_some() => {
-                panic!(
-                    "PORTCULLIS_TEST_DATABASE_URL must be set in CI: the PostgreSQL tests must run"
-                )
+                panic!("PORTCULLIS_TEST_DATABASE_URL must be set in CI: the PostgreSQL tests must run")
             }
             _ => {
                 eprintln!("PORTCULLIS_TEST_DATABASE_URL is not set: skipping the PostgreSQL run");
@@ -84,31 +82,15 @@ impl TestDb {
         match backend {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
-                let url = format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("portcullis.db").display()
-                );
-                Self {
-                    url,
-                    _dir: Some(dir),
-                    postgres: None,
-                }
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("portcullis.db").display());
+                Self { url, _dir: Some(dir), postgres: None }
             }
             Backend::Postgres(server) => {
                 let name = format!("portcullis_test_{}", random_suffix());
-                let admin = Database::connect(server)
-                    .await
-                    .expect("connect to PORTCULLIS_TEST_DATABASE_URL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .unwrap();
+                let admin = Database::connect(server).await.expect("connect to PORTCULLIS_TEST_DATABASE_URL");
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
                 admin.close().await.unwrap();
-                Self {
-                    url: with_database(server, &name),
-                    _dir: None,
-                    postgres: Some((server.clone(), name)),
-                }
+                Self { url: with_database(server, &name), _dir: None, postgres: Some((server.clone(), name)) }
             }
         }
     }
@@ -117,10 +99,7 @@ impl TestDb {
     pub async fn drop_database(&self) {
         if let Some((server, name)) = &self.postgres {
             let admin = Database::connect(server).await.unwrap();
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .unwrap();
+            admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
             admin.close().await.unwrap();
         }
     }
@@ -128,13 +107,9 @@ impl TestDb {
 
 /// `postgres://…/db?x` with its database replaced by `name`.
 fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = server
-        .split_once('?')
-        .map_or((server, None), |(b, q)| (b, Some(q)));
+    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     let mut url = format!("{}/{name}", &base[..path_start]);
     if let Some(query) = query {
         url.push('?');
@@ -159,12 +134,18 @@ pub fn epoch() -> DateTime<Utc> {
     DateTime::from_timestamp(1_800_000_000, 0).unwrap()
 }
 
+/// The master key for secrets at rest in PostgreSQL tests.
+pub const TEST_MFA_KEY: &str = "cG9ydGN1bGxpcyB0ZXN0IGtleSwgMzIgYnl0ZXMgISE=";
+
 /// The configuration tests run with, over `db`.
 pub fn test_config(db: &TestDb) -> Config {
     Config {
         database_url: db.url.clone(),
         database_max_connections: 5,
         health_probe_interval: Duration::from_millis(100),
+        // PostgreSQL needs the key configured; SQLite makes a key file
+        // beside its database (in the test's temporary folder).
+        mfa_key: if db.postgres.is_some() { TEST_MFA_KEY.into() } else { String::new() },
         ..Config::default()
     }
 }
@@ -198,9 +179,7 @@ impl TestApp {
     /// Starts on an existing database with `config` and `clock`.
     pub async fn start_on(db: TestDb, config: Config, clock: ManualClock) -> Self {
         capture_logs();
-        let app = App::build(config.clone(), Arc::new(clock.clone()))
-            .await
-            .expect("build app");
+        let app = App::build(config.clone(), Arc::new(clock.clone())).await.expect("build app");
         let domain = Arc::clone(app.domain());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -208,19 +187,8 @@ impl TestApp {
         let server = tokio::spawn(app.serve(listener, async move {
             let _ = rx.await;
         }));
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        Self {
-            addr,
-            clock,
-            domain,
-            config,
-            db,
-            channel,
-            shutdown: Some(tx),
-            server: Some(server),
-        }
+        let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        Self { addr, clock, domain, config, db, channel, shutdown: Some(tx), server: Some(server) }
     }
 
     /// Stops the server and starts a new one on the same database (and the
@@ -230,14 +198,7 @@ impl TestApp {
         let mut config = self.config.clone();
         adjust(&mut config);
         let clock = self.clock.clone();
-        let db = std::mem::replace(
-            &mut self.db,
-            TestDb {
-                url: String::new(),
-                _dir: None,
-                postgres: None,
-            },
-        );
+        let db = std::mem::replace(&mut self.db, TestDb { url: String::new(), _dir: None, postgres: None });
         Self::start_on(db, config, clock).await
     }
 
@@ -287,11 +248,7 @@ impl TestApp {
     pub async fn login(&self, email: &str, password: &str) -> pb::IssuedSession {
         let response = self
             .auth()
-            .login(pb::LoginRequest {
-                email: email.into(),
-                password: password.into(),
-                ..Default::default()
-            })
+            .login(pb::LoginRequest { email: email.into(), password: password.into(), ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -303,8 +260,7 @@ impl TestApp {
 
     /// Creates an admin and returns its session token.
     pub async fn admin_token(&self) -> String {
-        self.create_user("admin@example.com", ADMIN_PASSWORD, Role::Admin)
-            .await;
+        self.create_user("admin@example.com", ADMIN_PASSWORD, Role::Admin).await;
         self.login("admin@example.com", ADMIN_PASSWORD).await.token
     }
 
@@ -343,9 +299,7 @@ pub fn bearer<T>(token: &str, request: T) -> Request<T> {
 #[track_caller]
 pub fn assert_error(status: &Status, code: Code, reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
-    let info = status
-        .get_details_error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    let info = status.get_details_error_info().unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
     assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
     assert_eq!(info.domain, "portcullis");
 }
@@ -354,9 +308,7 @@ pub fn assert_error(status: &Status, code: Code, reason: &str) {
 #[track_caller]
 pub fn assert_invalid(status: &Status, field: &str) {
     assert_error(status, Code::InvalidArgument, "INVALID_ARGUMENT");
-    let bad = status
-        .get_details_bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    let bad = status.get_details_bad_request().unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
     assert!(
         bad.field_violations.iter().any(|v| v.field == field),
         "BadRequest does not name {field}: {bad:?}"
@@ -365,11 +317,7 @@ pub fn assert_invalid(status: &Status, field: &str) {
 
 /// The `missing_scope` named in a FORBIDDEN status.
 pub fn missing_scope(status: &Status) -> Option<String> {
-    status
-        .get_details_error_info()?
-        .metadata
-        .get("missing_scope")
-        .cloned()
+    status.get_details_error_info()?.metadata.get("missing_scope").cloned()
 }
 
 /// Counts the rows of `table` in the test database.

@@ -1,0 +1,411 @@
+//! Queries for second factors. Every "use once" rule is a compare-and-set
+//! in the database (an UPDATE whose WHERE clause holds the condition), so it
+//! holds under concurrency, across replicas and after a restart.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait as _},
+};
+
+use super::{
+    Store,
+    entity::{mfa_codes, recovery_codes, sessions, totp_secrets, users},
+    sessions::revoke_user_sessions_in,
+    unavailable,
+};
+use crate::domain::{Result, SessionState};
+
+/// Most code attempts, per pending login and per emailed code.
+pub const MAX_CODE_ATTEMPTS: i32 = 5;
+
+/// A stored TOTP secret.
+#[derive(Debug)]
+pub struct TotpRow {
+    /// The sealed secret.
+    pub sealed: Vec<u8>,
+    /// Whether enrolment was confirmed.
+    pub confirmed: bool,
+}
+
+/// The newest unused emailed code of a kind.
+#[derive(Debug)]
+pub struct CodeRow {
+    /// Identifier.
+    pub id: i64,
+    /// HMAC digest of the code.
+    pub digest: Vec<u8>,
+}
+
+/// What an emailed code is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodePurpose {
+    /// Completing a pending login (bound to its session).
+    Login,
+    /// Proving the account's address (enrolment, disabling MFA).
+    Account,
+}
+
+impl CodePurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            CodePurpose::Login => "login",
+            CodePurpose::Account => "account",
+        }
+    }
+}
+
+impl Store {
+    /// Stores a new, unconfirmed TOTP secret, replacing an unconfirmed one.
+    /// Returns `false` when TOTP is already confirmed.
+    pub async fn begin_totp(&self, user_id: i64, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        totp_secrets::Entity::delete_many()
+            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::Confirmed.eq(false))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        if totp_secrets::Entity::find_by_id(user_id).one(&txn).await.map_err(unavailable)?.is_some() {
+            return Ok(false);
+        }
+        totp_secrets::ActiveModel {
+            user_id: Set(user_id),
+            secret_sealed: Set(sealed),
+            confirmed: Set(false),
+            last_step: Set(None),
+            created_at: Set(now),
+        }
+        .insert(&txn)
+        .await
+        .map_err(unavailable)?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// The user's TOTP secret, if any.
+    pub async fn totp(&self, user_id: i64) -> Result<Option<TotpRow>> {
+        Ok(totp_secrets::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map(|row| TotpRow { sealed: row.secret_sealed, confirmed: row.confirmed }))
+    }
+
+    /// Accepts TOTP time step `step` once: only if it is later than the last
+    /// accepted step (compare-and-set).
+    pub async fn accept_totp_step(&self, user_id: i64, step: i64) -> Result<bool> {
+        let result = totp_secrets::Entity::update_many()
+            .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
+            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::Confirmed.eq(true))
+            .filter(
+                Condition::any()
+                    .add(totp_secrets::Column::LastStep.is_null())
+                    .add(totp_secrets::Column::LastStep.lt(step)),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Confirms TOTP at `step`, stores `recovery` digests when given, and
+    /// revokes the user's sessions but `keep`, in one transaction. Returns
+    /// `false` when there was no unconfirmed enrolment.
+    pub async fn confirm_totp(
+        &self,
+        user_id: i64,
+        step: i64,
+        recovery: Option<&[[u8; 32]]>,
+        keep: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        let confirmed = totp_secrets::Entity::update_many()
+            .col_expr(totp_secrets::Column::Confirmed, Expr::value(true))
+            .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
+            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::Confirmed.eq(false))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        if confirmed.rows_affected != 1 {
+            return Ok(false);
+        }
+        set_flag(&txn, user_id, users::Column::MfaTotp, true, now).await?;
+        if let Some(recovery) = recovery {
+            replace_recovery_in(&txn, user_id, recovery).await?;
+        }
+        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    /// Turns the email method on, stores `recovery` digests when given, and
+    /// revokes the user's sessions but `keep`, in one transaction.
+    pub async fn enable_email_mfa(
+        &self,
+        user_id: i64,
+        recovery: Option<&[[u8; 32]]>,
+        keep: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        set_flag(&txn, user_id, users::Column::MfaEmail, true, now).await?;
+        if let Some(recovery) = recovery {
+            replace_recovery_in(&txn, user_id, recovery).await?;
+        }
+        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        txn.commit().await.map_err(unavailable)
+    }
+
+    /// Turns every second factor off, deletes secrets and codes, and revokes
+    /// the user's sessions but `keep`, in one transaction. Returns how many
+    /// sessions were revoked.
+    pub async fn disable_mfa(&self, user_id: i64, keep: Option<i64>, now: DateTime<Utc>) -> Result<u64> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        totp_secrets::Entity::delete_many()
+            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        recovery_codes::Entity::delete_many()
+            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        mfa_codes::Entity::delete_many()
+            .filter(mfa_codes::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        set_flag(&txn, user_id, users::Column::MfaTotp, false, now).await?;
+        set_flag(&txn, user_id, users::Column::MfaEmail, false, now).await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(revoked)
+    }
+
+    /// Replaces the user's recovery codes with `digests`.
+    pub async fn replace_recovery_codes(&self, user_id: i64, digests: &[[u8; 32]]) -> Result<()> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        replace_recovery_in(&txn, user_id, digests).await?;
+        txn.commit().await.map_err(unavailable)
+    }
+
+    /// Uses a recovery code once (compare-and-set).
+    pub async fn use_recovery_code(
+        &self,
+        user_id: i64,
+        digest: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let result = recovery_codes::Entity::update_many()
+            .col_expr(recovery_codes::Column::UsedAt, Expr::value(Some(now)))
+            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::CodeHash.eq(digest.to_vec()))
+            .filter(recovery_codes::Column::UsedAt.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// How many unused recovery codes the user has.
+    pub async fn unused_recovery_codes(&self, user_id: i64) -> Result<u64> {
+        recovery_codes::Entity::find()
+            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UsedAt.is_null())
+            .count(&self.db)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Stores an emailed code, replacing unused older ones of the same
+    /// purpose (and pending login).
+    pub async fn insert_code(
+        &self,
+        user_id: i64,
+        session_id: Option<i64>,
+        purpose: CodePurpose,
+        digest: [u8; 32],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        let txn = self.db.begin().await.map_err(unavailable)?;
+        mfa_codes::Entity::delete_many()
+            .filter(code_scope(user_id, session_id, purpose))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
+        mfa_codes::ActiveModel {
+            user_id: Set(user_id),
+            session_id: Set(session_id),
+            purpose: Set(purpose.as_str().to_owned()),
+            code_hash: Set(digest.to_vec()),
+            attempts: Set(0),
+            created_at: Set(now),
+            expires_at: Set(expires_at),
+            used_at: Set(None),
+            ..Default::default()
+        }
+        .insert(&txn)
+        .await
+        .map_err(unavailable)?;
+        txn.commit().await.map_err(unavailable)
+    }
+
+    /// Reserves one attempt on the newest usable code of this purpose (and
+    /// pending login): unused, unexpired, under the attempt limit. `None`
+    /// when there is no such code.
+    pub async fn reserve_code_attempt(
+        &self,
+        user_id: i64,
+        session_id: Option<i64>,
+        purpose: CodePurpose,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CodeRow>> {
+        let Some(code) = mfa_codes::Entity::find()
+            .filter(code_scope(user_id, session_id, purpose))
+            .order_by_desc(mfa_codes::Column::Id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let reserved = mfa_codes::Entity::update_many()
+            .col_expr(mfa_codes::Column::Attempts, Expr::col(mfa_codes::Column::Attempts).add(1))
+            .filter(mfa_codes::Column::Id.eq(code.id))
+            .filter(mfa_codes::Column::UsedAt.is_null())
+            .filter(mfa_codes::Column::ExpiresAt.gt(now))
+            .filter(mfa_codes::Column::Attempts.lt(MAX_CODE_ATTEMPTS))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok((reserved.rows_affected == 1).then_some(CodeRow { id: code.id, digest: code.code_hash }))
+    }
+
+    /// Uses an emailed code once (compare-and-set).
+    pub async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let result = mfa_codes::Entity::update_many()
+            .col_expr(mfa_codes::Column::UsedAt, Expr::value(Some(now)))
+            .filter(mfa_codes::Column::Id.eq(id))
+            .filter(mfa_codes::Column::UsedAt.is_null())
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Reserves one code attempt on a pending login; `false` once it has
+    /// had its five.
+    pub async fn reserve_mfa_attempt(&self, session_id: i64) -> Result<bool> {
+        let result = sessions::Entity::update_many()
+            .col_expr(sessions::Column::MfaAttempts, Expr::col(sessions::Column::MfaAttempts).add(1))
+            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
+            .filter(sessions::Column::MfaAttempts.lt(MAX_CODE_ATTEMPTS))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Ends a pending login that was completed; `false` when another request
+    /// completed it first.
+    pub async fn complete_pending(&self, session_id: i64, now: DateTime<Utc>) -> Result<bool> {
+        let result = sessions::Entity::update_many()
+            .col_expr(sessions::Column::State, Expr::value(SessionState::Revoked.as_str()))
+            .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
+            .col_expr(sessions::Column::RevokeReason, Expr::value(Some("mfa_completed")))
+            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Counts a failed attempt (wrong password or code) against the account:
+    /// the one counter lockout reads.
+    pub async fn record_failure(&self, user_id: i64) -> Result<()> {
+        users::Entity::update_many()
+            .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
+            .filter(users::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Clears the failed-attempt count after a successful login.
+    pub async fn reset_failures(&self, user_id: i64) -> Result<()> {
+        users::Entity::update_many()
+            .col_expr(users::Column::FailedAttempts, Expr::value(0))
+            .filter(users::Column::Id.eq(user_id))
+            .filter(users::Column::FailedAttempts.gt(0))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The account's failed-attempt count.
+    pub async fn failed_attempts(&self, user_id: i64) -> Result<i32> {
+        Ok(users::Entity::find_by_id(user_id)
+            .one(&self.db)
+            .await
+            .map_err(unavailable)?
+            .map_or(0, |user| user.failed_attempts))
+    }
+}
+
+fn code_scope(user_id: i64, session_id: Option<i64>, purpose: CodePurpose) -> Condition {
+    let session = match session_id {
+        Some(id) => mfa_codes::Column::SessionId.eq(id),
+        None => mfa_codes::Column::SessionId.is_null(),
+    };
+    Condition::all()
+        .add(mfa_codes::Column::UserId.eq(user_id))
+        .add(mfa_codes::Column::Purpose.eq(purpose.as_str()))
+        .add(session)
+        .add(mfa_codes::Column::UsedAt.is_null())
+}
+
+async fn set_flag<C: ConnectionTrait>(
+    conn: &C,
+    user_id: i64,
+    column: users::Column,
+    value: bool,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    users::Entity::update_many()
+        .col_expr(column, Expr::value(value))
+        .col_expr(users::Column::UpdatedAt, Expr::value(now))
+        .filter(users::Column::Id.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+async fn replace_recovery_in<C: ConnectionTrait>(conn: &C, user_id: i64, digests: &[[u8; 32]]) -> Result<()> {
+    recovery_codes::Entity::delete_many()
+        .filter(recovery_codes::Column::UserId.eq(user_id))
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    let rows = digests.iter().map(|digest| recovery_codes::ActiveModel {
+        user_id: Set(user_id),
+        code_hash: Set(digest.to_vec()),
+        used_at: Set(None),
+        ..Default::default()
+    });
+    recovery_codes::Entity::insert_many(rows).exec(conn).await.map_err(unavailable)?;
+    Ok(())
+}
