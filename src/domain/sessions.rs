@@ -99,7 +99,8 @@ impl Domain {
     /// `Unauthenticated` for a token that names no session.
     pub async fn logout(&self, token: &str) -> Result<()> {
         let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
-        if !matches!(parsed.kind, TokenKind::Session | TokenKind::MfaPending) {
+        // A pending login is not a session: it works only with the MFA calls.
+        if parsed.kind != TokenKind::Session {
             return Err(AuthFailure::InvalidToken.into());
         }
         let Some(found) = self.store.session_by_hash(&parsed.hash).await? else {

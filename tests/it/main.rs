@@ -10,5 +10,7 @@ mod authz;
 mod bad_input;
 mod grpcurl;
 mod keys;
+mod mfa;
 mod operations;
 mod sessions;
+mod smtp;
