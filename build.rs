@@ -10,6 +10,7 @@ use std::{env, path::PathBuf};
 /// `Debug` is dropped; `src/grpc/redact.rs` writes one that prints `<redacted>`.
 const SECRET_MESSAGES: &[&str] = &[
     ".portcullis.v1.LoginRequest",
+    ".portcullis.v1.AdminLoginRequest",
     ".portcullis.v1.IssuedSession",
     ".portcullis.v1.MfaChallenge",
     ".portcullis.v1.RefreshSessionRequest",
@@ -39,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/portcullis/v1/auth_service.proto",
         "proto/portcullis/v1/user_service.proto",
         "proto/portcullis/v1/key_service.proto",
+        "proto/portcullis/v1/audit_service.proto",
     ];
 
     let mut config = prost_build::Config::new();

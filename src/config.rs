@@ -71,6 +71,41 @@ pub struct Config {
     /// How often the health service asks the database whether it answers.
     #[serde(with = "humantime_serde")]
     pub health_probe_interval: Duration,
+    /// Peers (CIDR ranges) whose `client.ip` is believed, e.g. the API
+    /// gateway. Callers authenticated with an API key are trusted too.
+    pub trusted_peers: Vec<ipnet::IpNet>,
+    /// Attempts per client IP per `rate_limit_ip_window` on Login, VerifyMfa,
+    /// SendMfaCode and RefreshSession (0 turns the limit off).
+    pub rate_limit_ip: u32,
+    /// The per-IP window.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_ip_window: Duration,
+    /// Attempts per account (normalised email) per window.
+    pub rate_limit_account: u32,
+    /// The per-account window.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_account_window: Duration,
+    /// Attempts per (account, client IP) per window.
+    pub rate_limit_pair: u32,
+    /// The per-pair window.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_pair_window: Duration,
+    /// Failed attempts (passwords and codes together) that lock an account.
+    pub lockout_threshold: u32,
+    /// The first lock's length; each further lock doubles it.
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
+    /// The longest lock.
+    #[serde(with = "humantime_serde")]
+    pub lockout_max_duration: Duration,
+    /// When a login needs a captcha: `off`, `always`, or `after_failures`.
+    pub captcha_policy: CaptchaPolicyName,
+    /// With `after_failures`: recent failures of the account or client IP
+    /// after which a captcha is needed.
+    pub captcha_after_failures: u32,
+    /// How often aggregated invalid-token counts are written to the audit log.
+    #[serde(with = "humantime_serde")]
+    pub audit_flush_interval: Duration,
     /// Master key for secrets at rest (TOTP secrets, code digests): 32 bytes,
     /// base64. Required with PostgreSQL; with SQLite a key file is made
     /// beside the database when neither this nor `mfa_key_file` is set.
@@ -100,10 +135,66 @@ pub struct Config {
     pub smtp_password: String,
     /// Sender address, e.g. `portcullis <no-reply@example.com>`.
     pub smtp_from: String,
+    /// Time limit for one request to a captcha vendor's verification
+    /// endpoint (connecting included); past it the captcha is not accepted.
+    #[serde(with = "humantime_serde")]
+    pub captcha_timeout: Duration,
+    /// Google reCAPTCHA v3 secret key; empty disables the `googlev3` vendor.
+    pub captcha_googlev3_secret: String,
+    /// Google reCAPTCHA v3 verification endpoint.
+    pub captcha_googlev3_url: String,
+    /// Lowest reCAPTCHA v3 score (0.0 = bot, 1.0 = human) accepted.
+    pub captcha_googlev3_min_score: f64,
+    /// Action the reCAPTCHA v3 token must have been issued for; empty skips
+    /// the check.
+    pub captcha_googlev3_action: String,
+    /// hCaptcha secret key; empty disables the `hcaptcha` vendor.
+    pub captcha_hcaptcha_secret: String,
+    /// hCaptcha verification endpoint.
+    pub captcha_hcaptcha_url: String,
+    /// Cloudflare Turnstile secret key; empty disables the `turnstile` vendor.
+    pub captcha_turnstile_secret: String,
+    /// Cloudflare Turnstile verification endpoint.
+    pub captcha_turnstile_url: String,
     /// Log filter (`tracing` `EnvFilter` syntax); `RUST_LOG` overrides it.
     pub log_filter: String,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    // --- Observability, service mesh and TLS (README: "Observability",
+    // "Service mesh", "TLS"); checked by `check_observability`. ---
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`, plain
+    /// HTTP); unset, the default, serves no metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    /// PEM certificate chain for the gRPC port; with `tls_key_file` the port
+    /// speaks TLS only.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates that client certificates must chain to: mutual
+    /// TLS, a client without such a certificate is refused.
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// Envoy external authorization: header that tells the upstream the user id.
+    pub envoy_user_id_header: String,
+    /// Envoy external authorization: header with the user's role.
+    pub envoy_role_header: String,
+    /// Envoy external authorization: header with the credential's scopes (space-separated).
+    pub envoy_scopes_header: String,
+    /// Envoy external authorization: header with the session id (session tokens).
+    pub envoy_session_id_header: String,
+    /// Envoy external authorization: header with the API key id (API keys).
+    pub envoy_key_id_header: String,
+}
+
+/// When a login needs a captcha.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptchaPolicyName {
+    /// Never.
+    Off,
+    /// Always (admin logins and permitted bypasses excepted).
+    Always,
+    /// After `captcha_after_failures` recent failures.
+    AfterFailures,
 }
 
 /// How one-time codes are emailed.
@@ -165,6 +256,19 @@ impl Default for Config {
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(10),
             health_probe_interval: Duration::from_secs(5),
+            trusted_peers: Vec::new(),
+            rate_limit_ip: 60,
+            rate_limit_ip_window: Duration::from_mins(1),
+            rate_limit_account: 20,
+            rate_limit_account_window: Duration::from_mins(1),
+            rate_limit_pair: 10,
+            rate_limit_pair_window: Duration::from_mins(1),
+            lockout_threshold: 10,
+            lockout_duration: Duration::from_mins(5),
+            lockout_max_duration: Duration::from_hours(24),
+            captcha_policy: CaptchaPolicyName::Off,
+            captcha_after_failures: 3,
+            audit_flush_interval: Duration::from_mins(1),
             mfa_key: String::new(),
             mfa_key_file: None,
             mfa_issuer: "portcullis".into(),
@@ -177,8 +281,26 @@ impl Default for Config {
             smtp_username: String::new(),
             smtp_password: String::new(),
             smtp_from: "portcullis <no-reply@localhost>".into(),
+            captcha_timeout: Duration::from_secs(5),
+            captcha_googlev3_secret: String::new(),
+            captcha_googlev3_url: "https://www.google.com/recaptcha/api/siteverify".into(),
+            captcha_googlev3_min_score: 0.5,
+            captcha_googlev3_action: "login".into(),
+            captcha_hcaptcha_secret: String::new(),
+            captcha_hcaptcha_url: "https://api.hcaptcha.com/siteverify".into(),
+            captcha_turnstile_secret: String::new(),
+            captcha_turnstile_url: "https://challenges.cloudflare.com/turnstile/v0/siteverify".into(),
             log_filter: "info".into(),
             log_format: LogFormat::Text,
+            metrics_addr: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            envoy_user_id_header: "x-portcullis-user-id".into(),
+            envoy_role_header: "x-portcullis-role".into(),
+            envoy_scopes_header: "x-portcullis-scopes".into(),
+            envoy_session_id_header: "x-portcullis-session-id".into(),
+            envoy_key_id_header: "x-portcullis-key-id".into(),
         }
     }
 }
@@ -234,6 +356,7 @@ impl Config {
     /// The first setting out of range.
     pub fn check(&self) -> Result<(), ConfigError> {
         let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        self.check_observability()?;
         if self.token_prefix.is_empty()
             || self.token_prefix.len() > 16
             || !self.token_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
@@ -273,11 +396,40 @@ impl Config {
         {
             return bad("email_code_lifetime", "must be between 1 minute and 1 hour");
         }
+        if self.lockout_threshold == 0 || self.lockout_threshold > 1000 {
+            return bad("lockout_threshold", "must be between 1 and 1000");
+        }
+        if self.lockout_duration < Duration::from_secs(1) || self.lockout_max_duration < self.lockout_duration
+        {
+            return bad(
+                "lockout_duration/lockout_max_duration",
+                "need 1s <= lockout_duration <= lockout_max_duration",
+            );
+        }
+        for (name, window) in [
+            ("rate_limit_ip_window", self.rate_limit_ip_window),
+            ("rate_limit_account_window", self.rate_limit_account_window),
+            ("rate_limit_pair_window", self.rate_limit_pair_window),
+        ] {
+            if window < Duration::from_secs(1) || window > Duration::from_hours(24) {
+                return bad(name, "must be between 1 second and 24 hours");
+            }
+        }
+        if self.audit_flush_interval < Duration::from_millis(10) {
+            return bad("audit_flush_interval", "must be at least 10ms");
+        }
         if self.mfa_issuer.is_empty() || self.mfa_issuer.contains(':') {
             return bad("mfa_issuer", "must be non-empty and contain no ':'");
         }
         if self.session_cookie_name.is_empty() || self.token_query_param.is_empty() {
             return bad("session_cookie_name/token_query_param", "must not be empty");
+        }
+        // NaN fails `contains` too.
+        if !(0.0..=1.0).contains(&self.captcha_googlev3_min_score) {
+            return bad("captcha_googlev3_min_score", "must be between 0.0 and 1.0");
+        }
+        if !(Duration::from_millis(100)..=Duration::from_mins(1)).contains(&self.captcha_timeout) {
+            return bad("captcha_timeout", "must be between 100 milliseconds and 60 seconds");
         }
         Ok(())
     }
@@ -367,6 +519,48 @@ impl Config {
     #[must_use]
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
+    }
+}
+
+// === Observability, service mesh and TLS ===
+
+impl Config {
+    /// Checks the metrics, TLS and Envoy settings.
+    fn check_observability(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, why: &str| Err(ConfigError(format!("{name}: {why}")));
+        if self.metrics_addr.is_some_and(|m| m.port() != 0 && m == self.listen_addr) {
+            return bad("metrics_addr", "must differ from listen_addr");
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return bad("tls_cert_file/tls_key_file", "set both or neither");
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return bad("tls_client_ca_file", "needs tls_cert_file and tls_key_file (mutual TLS is TLS)");
+        }
+        let headers = [
+            ("envoy_user_id_header", &self.envoy_user_id_header),
+            ("envoy_role_header", &self.envoy_role_header),
+            ("envoy_scopes_header", &self.envoy_scopes_header),
+            ("envoy_session_id_header", &self.envoy_session_id_header),
+            ("envoy_key_id_header", &self.envoy_key_id_header),
+        ];
+        for (i, (name, value)) in headers.iter().enumerate() {
+            if value.is_empty()
+                || value.len() > 64
+                || !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return bad(name, "must be 1 to 64 lower-case letters, digits or '-'");
+            }
+            if ["authorization", "cookie", "x-api-key", "x-request-id", "host", "content-length"]
+                .contains(&value.as_str())
+            {
+                return bad(name, "must not name a header the request already uses");
+            }
+            if headers[..i].iter().any(|(_, other)| other == value) {
+                return bad(name, "must differ from the other envoy_*_header settings");
+            }
+        }
+        Ok(())
     }
 }
 

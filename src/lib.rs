@@ -5,10 +5,13 @@
 //! (sea-orm). [`app`] wires them and runs the server; `main` is a thin CLI.
 
 pub mod app;
+pub mod captcha;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod mail;
+pub mod metrics;
+pub mod request;
 pub mod store;
 pub mod telemetry;
 

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
     app::{self, App},
     config::Config,
-    domain::{KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
+    domain::{Ctx, KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -102,7 +102,8 @@ enum CliRole {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
-    telemetry::init(&config);
+    // Held to the end: dropping it sends the traces still queued.
+    let _telemetry = telemetry::init(&config)?;
     match cli.command {
         Command::Serve => {
             let listener = TcpListener::bind(config.listen_addr)
@@ -125,13 +126,16 @@ async fn main() -> anyhow::Result<()> {
             };
             let user = app
                 .domain()
-                .create_user_unchecked(NewUserInput {
-                    email,
-                    password,
-                    role,
-                    kind: if service { UserKind::Service } else { UserKind::Human },
-                    session_lifetime: None,
-                })
+                .create_user_unchecked(
+                    &Ctx::system(),
+                    NewUserInput {
+                        email,
+                        password,
+                        role,
+                        kind: if service { UserKind::Service } else { UserKind::Human },
+                        session_lifetime: None,
+                    },
+                )
                 .await?;
             println!("created user {} <{}> with role {}", user.id, user.email.as_str(), role.as_str());
             Ok(())
@@ -142,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
                 CliEnvironment::Live => KeyEnvironment::Live,
                 CliEnvironment::Test => KeyEnvironment::Test,
             };
-            let issued = app.domain().create_key_unchecked(&owner, &name, scopes, environment).await?;
+            let issued =
+                app.domain().create_key_unchecked(&Ctx::system(), &owner, &name, scopes, environment).await?;
             eprintln!(
                 "created API key {} ({}) for {owner}; it is shown once:",
                 issued.api_key.id, issued.api_key.display_prefix
@@ -152,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let app = App::build(config, Arc::new(SystemClock)).await?;
-            app.domain().revoke_key_unchecked(id).await?;
+            app.domain().revoke_key_unchecked(&Ctx::system(), id).await?;
             eprintln!("revoked API key {id}");
             Ok(())
         }

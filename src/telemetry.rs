@@ -1,19 +1,172 @@
-//! Logging: a `tracing` subscriber writing text or JSON lines to stderr.
+//! Logging and traces: a `tracing` subscriber writing text or JSON lines to
+//! stderr and, when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, exporting spans over OTLP/gRPC
+//! with `service.name=portcullis`.
+//!
+//! Request ids and the per-RPC server span are made by
+//! [`crate::request::RequestLayer`]; this module only decides where spans and
+//! log lines go. Only portcullis's own spans are exported (not those of
+//! hyper, h2 or tonic, whose exporter would otherwise trace itself), and no
+//! span of ours carries a token, password, code or key.
+//!
+//! The exporter follows the standard variables: `OTEL_EXPORTER_OTLP_[TRACES_]`
+//! `ENDPOINT`, `HEADERS`, `TIMEOUT`, `COMPRESSION`, `CERTIFICATE`,
+//! `CLIENT_CERTIFICATE`, `CLIENT_KEY`; `OTEL_SERVICE_NAME` and
+//! `OTEL_RESOURCE_ATTRIBUTES`; `OTEL_TRACES_SAMPLER[_ARG]`; `OTEL_BSP_*`;
+//! `OTEL_SDK_DISABLED=true` and `OTEL_TRACES_EXPORTER=none` turn it off.
 
-use tracing_subscriber::{EnvFilter, fmt};
+use std::{env, time::Duration};
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the global subscriber. `RUST_LOG` overrides `log_filter`.
-/// Does nothing when one is installed already (tests).
-pub fn init(config: &Config) {
+/// `service.name` of exported spans unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "portcullis";
+
+/// Keeps the trace exporter running; dropping it sends the spans still
+/// queued and stops the exporter. Hold it for the life of the process.
+#[must_use = "dropping the guard stops the trace exporter"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry").field("exporting", &self.provider.is_some()).finish()
+    }
+}
+
+impl Telemetry {
+    /// Whether spans are exported over OTLP.
+    #[must_use]
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("portcullis: flushing traces at exit failed: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber: `log_filter` (`RUST_LOG` overrides it),
+/// `log_format`, and the OTLP exporter when the environment asks for one.
+/// Does nothing when a subscriber is installed already (tests). Call it
+/// inside the tokio runtime: the exporter's channel lives there.
+///
+/// # Errors
+/// The OTLP settings in the environment cannot be used (an unreadable
+/// certificate file, a malformed endpoint).
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    let _ = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let log_layer = match config.log_format {
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
+    let provider = if otlp_requested() { Some(tracer_provider()?) } else { None };
+    let trace_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(SERVICE_NAME))
+            // Thread ids and names say nothing useful about a request.
+            .with_threads(false)
+            .with_filter(filter::filter_fn(|metadata| metadata.target().starts_with("portcullis")))
+    });
+    let installed = tracing_subscriber::registry().with(filter).with(log_layer).with(trace_layer).try_init();
+    if installed.is_err() {
+        // Someone (a test) installed a subscriber first; it stays.
+        if let Some(provider) = provider {
+            let _ = provider.shutdown();
+        }
+        return Ok(Telemetry { provider: None });
+    }
+    if provider.is_some() {
+        tracing::info!(endpoint = %otlp_endpoint().unwrap_or_default(), "exporting traces over OTLP/gRPC");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// A non-empty environment variable.
+fn var(name: &str) -> Option<String> {
+    env::var(name).ok().filter(|value| !value.trim().is_empty())
+}
+
+/// The first of the traces-specific and the general variable that is set.
+fn otlp_var(suffix: &str) -> Option<String> {
+    var(&format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"))
+        .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
+}
+
+fn otlp_endpoint() -> Option<String> {
+    otlp_var("ENDPOINT")
+}
+
+/// Whether the environment asks for OTLP trace export.
+fn otlp_requested() -> bool {
+    let disabled = var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let exporter_off = var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    otlp_endpoint().is_some() && !disabled && !exporter_off
+}
+
+/// The tracer provider exporting to the OTLP endpoint in the environment.
+fn tracer_provider() -> anyhow::Result<SdkTracerProvider> {
+    if let Some(protocol) = otlp_var("PROTOCOL")
+        && protocol != "grpc"
+    {
+        eprintln!("portcullis: OTEL_EXPORTER_OTLP_PROTOCOL={protocol} is not supported; exporting over grpc");
+    }
+    let endpoint = otlp_endpoint().unwrap_or_default();
+    let mut builder =
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint.clone());
+    if endpoint.starts_with("https://") {
+        builder = builder.with_tls_config(client_tls()?);
+    }
+    let exporter = builder.build().context("OTEL_EXPORTER_OTLP_ENDPOINT: building the OTLP exporter")?;
+    let mut resource = Resource::builder();
+    if var("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(SERVICE_NAME);
+    }
+    let resource = resource
+        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+}
+
+/// TLS towards an `https://` collector: the system's roots, plus
+/// `OTEL_EXPORTER_OTLP_[TRACES_]CERTIFICATE`, and a client certificate from
+/// `…CLIENT_CERTIFICATE` and `…CLIENT_KEY` when both are set.
+fn client_tls() -> anyhow::Result<ClientTlsConfig> {
+    let read = |name: &str, path: &str| {
+        std::fs::read(path).with_context(|| format!("OTEL_EXPORTER_OTLP_{name} {path}: cannot read"))
+    };
+    let mut tls = ClientTlsConfig::new().with_native_roots();
+    if let Some(path) = otlp_var("CERTIFICATE") {
+        tls = tls.ca_certificate(Certificate::from_pem(read("CERTIFICATE", &path)?));
+    }
+    match (otlp_var("CLIENT_CERTIFICATE"), otlp_var("CLIENT_KEY")) {
+        (Some(cert), Some(key)) => {
+            tls = tls
+                .identity(Identity::from_pem(read("CLIENT_CERTIFICATE", &cert)?, read("CLIENT_KEY", &key)?));
+        }
+        (None, None) => {}
+        _ => anyhow::bail!(
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together"
+        ),
+    }
+    Ok(tls)
 }

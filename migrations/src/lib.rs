@@ -9,6 +9,7 @@ mod m20261124_000002_create_sessions;
 mod m20261124_000003_add_user_kind;
 mod m20261124_000004_create_api_keys;
 mod m20261124_000005_create_mfa;
+mod m20261124_000006_create_audit_and_limits;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_add_user_kind::Migration),
             Box::new(m20261124_000004_create_api_keys::Migration),
             Box::new(m20261124_000005_create_mfa::Migration),
+            Box::new(m20261124_000006_create_audit_and_limits::Migration),
         ]
     }
 }

@@ -44,6 +44,12 @@ pub enum Error {
         /// When to retry.
         retry_after: std::time::Duration,
     },
+    /// Too many attempts for a limit; the client should retry later.
+    #[error("too many attempts; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited {
+        /// When to retry.
+        retry_after: std::time::Duration,
+    },
     /// The database cannot be reached or failed; never read as "valid".
     #[error("database unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -68,6 +74,15 @@ pub enum AuthFailure {
     /// and a disabled account.
     #[error("invalid email or password")]
     InvalidLogin,
+    /// The captcha policy requires a captcha and none was sent.
+    #[error("captcha required")]
+    CaptchaRequired,
+    /// The captcha vendor did not accept the response.
+    #[error("captcha verification failed")]
+    CaptchaInvalid,
+    /// The captcha vendor could not be asked; the login fails closed.
+    #[error("captcha verification is unavailable; retry later")]
+    CaptchaUnavailable,
     /// A second-factor code is wrong, used, or expired.
     #[error("invalid or expired code")]
     InvalidCode,
@@ -83,6 +98,27 @@ pub enum AuthFailure {
     /// A refresh token presented again after its grace: the session is revoked.
     #[error("token was already refreshed; the session has been revoked")]
     RefreshReuse,
+}
+
+impl AuthFailure {
+    /// A short label for logs, metrics and aggregated audit rows.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Ambiguous => "ambiguous",
+            AuthFailure::InvalidToken => "invalid",
+            AuthFailure::InvalidLogin => "invalid_login",
+            AuthFailure::Expired => "expired",
+            AuthFailure::MfaRequired => "mfa_required",
+            AuthFailure::RefreshReuse => "refresh_reuse",
+            AuthFailure::CaptchaRequired => "captcha_required",
+            AuthFailure::CaptchaInvalid => "captcha_invalid",
+            AuthFailure::CaptchaUnavailable => "captcha_unavailable",
+            AuthFailure::InvalidCode => "invalid_code",
+            AuthFailure::WrongPassword => "wrong_password",
+        }
+    }
 }
 
 impl Error {

@@ -9,8 +9,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    ApiKey, Domain, Error, IssuedKey, KeyEnvironment, Page, Principal, Result, page_size, page_token,
-    parse_page_token, scope, token::TokenFormat,
+    Action, ApiKey, Ctx, Domain, Error, IssuedKey, KeyEnvironment, Outcome, Page, Principal, Result,
+    page_size, page_token, parse_page_token, scope, token::TokenFormat,
 };
 use crate::store::NewKey;
 
@@ -55,7 +55,7 @@ impl Domain {
     /// `Forbidden` for another owner without keys-write or a scope the caller
     /// does not hold; `InvalidArgument` for a bad name, scope or expiry;
     /// `NotFound` for an unknown owner.
-    pub async fn create_key(&self, caller: &Principal, input: NewKeyInput) -> Result<IssuedKey> {
+    pub async fn create_key(&self, ctx: &Ctx, caller: &Principal, input: NewKeyInput) -> Result<IssuedKey> {
         let owner_id = match input.owner_id {
             0 => caller.user_id,
             id if id < 0 => {
@@ -79,7 +79,8 @@ impl Domain {
         if self.store.user(owner_id).await?.is_none() {
             return Err(Error::NotFound("user"));
         }
-        self.insert_new_key(owner_id, name, scopes, input.environment, input.expires_at, None, now).await
+        let ctx = ctx.acting_as(caller);
+        self.insert_new_key(&ctx, owner_id, name, scopes, input.environment, input.expires_at, now).await
     }
 
     /// Creates a key for the user with `owner_email`, with no caller: the
@@ -89,6 +90,7 @@ impl Domain {
     /// As [`Domain::create_key`], without the permission checks.
     pub async fn create_key_unchecked(
         &self,
+        ctx: &Ctx,
         owner_email: &str,
         name: &str,
         scopes: Vec<String>,
@@ -98,34 +100,43 @@ impl Domain {
         let (owner, _) = self.store.user_by_email(&email).await?.ok_or(Error::NotFound("user"))?;
         let name = check_name(name, "name")?;
         let scopes = check_syntax_all(scopes, "scopes")?;
-        self.insert_new_key(owner.id, name, scopes, environment, None, None, self.clock.now()).await
+        self.insert_new_key(ctx, owner.id, name, scopes, environment, None, self.clock.now()).await
     }
 
     #[allow(clippy::too_many_arguments, reason = "one private constructor of rows")]
     async fn insert_new_key(
         &self,
+        ctx: &Ctx,
         owner_id: i64,
         name: String,
         scopes: Vec<String>,
         environment: KeyEnvironment,
         expires_at: Option<DateTime<Utc>>,
-        rotated_from_id: Option<i64>,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey> {
         let (key, hash) = self.tokens.generate(environment.token_kind())?;
         let api_key = self
             .store
-            .insert_key(NewKey {
-                owner_id,
-                name,
-                hash,
-                display_prefix: TokenFormat::display_prefix(&key),
-                environment,
-                scopes,
-                now,
-                expires_at,
-                rotated_from_id,
-            })
+            .insert_key(
+                NewKey {
+                    owner_id,
+                    name,
+                    hash,
+                    display_prefix: TokenFormat::display_prefix(&key),
+                    environment,
+                    scopes,
+                    now,
+                    expires_at,
+                    rotated_from_id: None,
+                },
+                |key| {
+                    let detail = format!("owner=user:{owner_id} scopes={}", key.scopes.join(","));
+                    vec![
+                        ctx.event(now, Action::KeyCreated, Outcome::Success, format!("key:{}", key.id))
+                            .detail(detail),
+                    ]
+                },
+            )
             .await?;
         tracing::info!(key_id = api_key.id, owner_id, "api key created");
         Ok(IssuedKey { key, api_key })
@@ -166,11 +177,22 @@ impl Domain {
     /// # Errors
     /// `NotFound`, `Forbidden` (a scope the caller does not hold),
     /// `InvalidArgument`.
-    pub async fn update_key(&self, caller: &Principal, key_id: i64, patch: KeyPatch) -> Result<ApiKey> {
+    pub async fn update_key(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        key_id: i64,
+        patch: KeyPatch,
+    ) -> Result<ApiKey> {
         let name = patch.name.map(|name| check_name(&name, "api_key.name")).transpose()?;
         let scopes = patch.scopes.map(|s| check_scopes(caller, s, "api_key.scopes")).transpose()?;
         self.visible_key(caller, key_id, scope::KEYS_WRITE).await?;
-        let key = self.store.update_key(key_id, name, scopes).await?.ok_or(Error::NotFound("api key"))?;
+        let event = ctx
+            .acting_as(caller)
+            .event(self.clock.now(), Action::KeyUpdated, Outcome::Success, format!("key:{key_id}"))
+            .detail(scopes.as_ref().map(|s| format!("scopes={}", s.join(","))).unwrap_or_default());
+        let key =
+            self.store.update_key(key_id, name, scopes, &[event]).await?.ok_or(Error::NotFound("api key"))?;
         self.validator.forget_key(key_id);
         tracing::info!(key_id, "api key updated");
         Ok(key)
@@ -180,13 +202,15 @@ impl Domain {
     ///
     /// # Errors
     /// `NotFound` when it does not exist or the caller may not manage it.
-    pub async fn revoke_key(&self, caller: &Principal, key_id: i64) -> Result<ApiKey> {
+    pub async fn revoke_key(&self, ctx: &Ctx, caller: &Principal, key_id: i64) -> Result<ApiKey> {
         let key = self.visible_key(caller, key_id, scope::KEYS_WRITE).await?;
         let now = self.clock.now();
         if key.is_revoked(now) {
             return Ok(key);
         }
-        self.store.revoke_key(key_id, now).await?;
+        let event =
+            ctx.acting_as(caller).event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
+        self.store.revoke_key(key_id, now, &[event]).await?;
         self.validator.forget_key(key_id);
         tracing::info!(key_id, "api key revoked");
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
@@ -196,9 +220,11 @@ impl Domain {
     ///
     /// # Errors
     /// `NotFound` for an unknown key.
-    pub async fn revoke_key_unchecked(&self, key_id: i64) -> Result<()> {
+    pub async fn revoke_key_unchecked(&self, ctx: &Ctx, key_id: i64) -> Result<()> {
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;
-        self.store.revoke_key(key_id, self.clock.now()).await?;
+        let now = self.clock.now();
+        let event = ctx.event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
+        self.store.revoke_key(key_id, now, &[event]).await?;
         self.validator.forget_key(key_id);
         Ok(())
     }
@@ -210,6 +236,7 @@ impl Domain {
     /// scopes; `InvalidArgument` for a revoked key or a bad overlap.
     pub async fn rotate_key(
         &self,
+        ctx: &Ctx,
         caller: &Principal,
         key_id: i64,
         overlap: chrono::Duration,
@@ -244,7 +271,16 @@ impl Domain {
             expires_at: old.expires_at,
             rotated_from_id: Some(old.id),
         };
-        let Some((api_key, previous)) = self.store.rotate_key(old.id, now + overlap, now, new).await? else {
+        let ctx = ctx.acting_as(caller);
+        let audit = |key: &ApiKey| {
+            let detail = format!("from key:{} overlap={}s", old.id, overlap.num_seconds());
+            vec![
+                ctx.event(now, Action::KeyRotated, Outcome::Success, format!("key:{}", key.id))
+                    .detail(detail),
+            ]
+        };
+        let Some((api_key, previous)) = self.store.rotate_key(old.id, now + overlap, now, new, audit).await?
+        else {
             return Err(Error::invalid("key_id", "the key was revoked or rotated meanwhile"));
         };
         self.validator.forget_key(old.id);

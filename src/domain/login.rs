@@ -1,16 +1,20 @@
-//! Password login and the start of a session.
+//! Password login (anonymous, and Rehive's admin-authenticated login) and
+//! the start of a session.
 //!
-//! An unknown email, a wrong password and a disabled account get the same
-//! answer after the same hashing work: the unknown email is checked against
-//! a dummy hash.
+//! An unknown email, a wrong password, a locked and a disabled account get
+//! the same answer after the same hashing work: unknown and locked accounts
+//! are checked against a dummy hash. Rate limits and the captcha come before
+//! the password; an attempt is counted against the account before its
+//! password is checked, so parallel guesses cannot pass the lockout.
 
 use chrono::{DateTime, Utc};
 
 use super::{
-    AuthFailure, AuthMethod, ClientInfo, Domain, Email, Error, IssuedSession, LoginOutcome, Principal,
-    Result, SessionState, User, password::Password, scope, token::TokenKind,
+    Action, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Email, Error, IssuedSession, LoginOutcome,
+    Outcome, Principal, Result, SessionState, User, limits::Flow, password::Password, scope,
+    token::TokenKind,
 };
-use crate::store::NewSession;
+use crate::{captcha, store::NewSession};
 
 /// Longest client IP text accepted.
 const MAX_IP: usize = 64;
@@ -18,6 +22,17 @@ const MAX_IP: usize = 64;
 const MAX_USER_AGENT: usize = 512;
 /// Longest device label accepted.
 const MAX_DEVICE_LABEL: usize = 128;
+/// Longest captcha response accepted (vendors' tokens are about 2 KiB).
+const MAX_CAPTCHA_RESPONSE: usize = 4096;
+
+/// A captcha solution as the client sent it.
+#[derive(Clone)]
+pub struct CaptchaInput {
+    /// The vendor's response token.
+    pub response: String,
+    /// The vendor.
+    pub vendor: captcha::Vendor,
+}
 
 /// A login request, as the rules see it.
 pub struct LoginInput {
@@ -31,6 +46,8 @@ pub struct LoginInput {
     pub requested_lifetime: Option<chrono::Duration>,
     /// Skip the captcha (needs the admin-login scope).
     pub bypass_captcha: bool,
+    /// A captcha solution.
+    pub captcha: Option<CaptchaInput>,
 }
 
 impl std::fmt::Debug for LoginInput {
@@ -43,15 +60,73 @@ impl std::fmt::Debug for LoginInput {
     }
 }
 
+/// When a login must carry a captcha.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptchaPolicy {
+    /// Never.
+    Off,
+    /// Always (except admin logins and permitted bypasses).
+    Always,
+    /// After this many recent failures of the account or the client IP.
+    AfterFailures(u32),
+}
+
+/// The captcha rules.
+#[derive(Debug)]
+pub struct CaptchaSettings {
+    /// When one is needed.
+    pub policy: CaptchaPolicy,
+    /// The vendors' verification.
+    pub verifier: captcha::Verifier,
+}
+
+/// How long failures from one IP count toward the captcha policy.
+const IP_FAILURE_WINDOW: chrono::Duration = chrono::Duration::hours(1);
+
 impl Domain {
     /// Logs a user in with email and password.
     ///
     /// # Errors
     /// `InvalidArgument` for malformed input (nothing hashed),
     /// `Forbidden` for `bypass_captcha` without the admin-login scope,
-    /// `Unauthenticated(InvalidLogin)` for any wrong email/password/disabled
-    /// account, `Overloaded` when the hashing queue is full.
-    pub async fn login(&self, caller: Option<&Principal>, input: LoginInput) -> Result<LoginOutcome> {
+    /// `RateLimited`, `Unauthenticated(CaptchaRequired/CaptchaInvalid)`,
+    /// `Unauthenticated(InvalidLogin)` for any wrong email, wrong password,
+    /// locked or disabled account, `Overloaded` when hashing is saturated.
+    pub async fn login(
+        &self,
+        ctx: &Ctx,
+        caller: Option<&Principal>,
+        input: LoginInput,
+    ) -> Result<LoginOutcome> {
+        if input.bypass_captcha {
+            let Some(caller) = caller else {
+                return Err(Error::Forbidden {
+                    message: "bypass_captcha needs a caller credential with the admin-login scope".into(),
+                    missing_scope: Some(scope::ADMIN_LOGIN.into()),
+                });
+            };
+            caller.require(scope::ADMIN_LOGIN)?;
+        }
+        self.password_login(ctx, input, Flow::Login).await
+    }
+
+    /// Rehive's admin-authenticated login: a back-end service, holding the
+    /// admin-login scope, logs a user in. Exempt from the captcha and the
+    /// per-IP limits; per-account limits, lockout and MFA still apply.
+    ///
+    /// # Errors
+    /// `Forbidden` without the admin-login scope; otherwise as [`Domain::login`].
+    pub async fn admin_login(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        input: LoginInput,
+    ) -> Result<LoginOutcome> {
+        caller.require(scope::ADMIN_LOGIN)?;
+        self.password_login(&ctx.acting_as(caller), input, Flow::AdminLogin).await
+    }
+
+    async fn password_login(&self, ctx: &Ctx, input: LoginInput, flow: Flow) -> Result<LoginOutcome> {
         let email = Email::parse(&input.email, "email")?;
         let password = Password::parse(&input.password, "password")?;
         check_client(&input.client)?;
@@ -60,81 +135,197 @@ impl Domain {
         {
             return Err(Error::invalid("session_lifetime", "must be positive"));
         }
-        if input.bypass_captcha {
-            match caller {
-                Some(caller) => caller.require(scope::ADMIN_LOGIN)?,
-                None => {
-                    return Err(Error::Forbidden {
-                        message: "bypass_captcha needs a caller credential with the admin-login scope".into(),
-                        missing_scope: Some(scope::ADMIN_LOGIN.into()),
-                    });
-                }
-            }
+        if let Some(captcha) = &input.captcha
+            && captcha.response.len() > MAX_CAPTCHA_RESPONSE
+        {
+            return Err(Error::invalid("captcha.response", "is too long"));
         }
+        self.check_limits(ctx, flow, Some(email.as_str())).await?;
 
         let (user, hash) = match self.store.user_by_email(&email).await? {
             Some((user, hash)) => (Some(user), hash),
             None => (None, None),
         };
-        let verification = self.hasher.verify(&password, hash.as_deref()).await?;
+        if flow == Flow::Login && !input.bypass_captcha {
+            self.check_captcha(ctx, &email, user.as_ref(), input.captcha.clone()).await?;
+        }
+        // Count the attempt before checking the password; a locked account
+        // is checked against the dummy hash, for the same work and answer.
+        let reserved = match &user {
+            Some(user) => self.reserve_attempt(user).await?,
+            None => false,
+        };
+        let stored = if reserved { hash.as_deref() } else { None };
+        let verification = self.hasher.verify(&password, stored).await?;
+        let now = self.clock.now();
         let user = match user {
-            Some(user) if verification.matched && !user.disabled => user,
-            Some(user) => {
-                self.store.record_failure(user.id).await?;
+            Some(user) if reserved && verification.matched && !user.disabled => user,
+            failed => {
+                let reason = match &failed {
+                    None => "unknown email",
+                    Some(_) if !reserved => "account locked",
+                    Some(user) if user.disabled => "account disabled",
+                    Some(_) => "wrong password",
+                };
+                self.note_ip_failure(ctx).await?;
+                match failed {
+                    Some(user) if reserved => {
+                        self.record_failure(ctx, &user, Action::LoginFailed, reason).await?
+                    }
+                    Some(user) => {
+                        let event = ctx.event(
+                            now,
+                            Action::LoginFailed,
+                            Outcome::Failure,
+                            format!("user:{}", user.id),
+                        );
+                        self.store.audit(&[event.detail(reason)]).await?;
+                    }
+                    None => {
+                        let subject = format!("email:{}", email.as_str());
+                        self.store
+                            .audit(&[ctx
+                                .event(now, Action::LoginFailed, Outcome::Failure, subject)
+                                .detail(reason)])
+                            .await?;
+                    }
+                }
                 return Err(AuthFailure::InvalidLogin.into());
             }
-            None => return Err(AuthFailure::InvalidLogin.into()),
         };
         if let Some(upgraded) = verification.upgraded_hash {
             self.store.upgrade_password_hash(user.id, upgraded).await?;
         }
-        let now = self.clock.now();
+        self.store.reset_failures(user.id).await?;
+        let ctx = &Ctx {
+            actor: if flow == Flow::AdminLogin { ctx.actor } else { super::Actor::User(user.id) },
+            ..ctx.clone()
+        };
+        let lifetime = self.lifetime_for(&user, input.requested_lifetime);
         if user.mfa.any() {
             // The password alone proves nothing yet: a pending login, which
             // no service accepts, until a second factor completes it.
-            let lifetime = self.lifetime_for(&user, input.requested_lifetime);
-            return Ok(LoginOutcome::Mfa(self.start_mfa(&user, input.client, lifetime, now).await?));
+            return Ok(LoginOutcome::Mfa(self.start_mfa(ctx, &user, input.client, lifetime, now).await?));
         }
-        self.store.reset_failures(user.id).await?;
+        let mut methods = vec![AuthMethod::Password];
+        if flow == Flow::AdminLogin {
+            methods.push(AuthMethod::AdminLogin);
+        }
         let issued = self
-            .start_session(user, input.client, input.requested_lifetime, vec![AuthMethod::Password], now)
+            .start_session(ctx, user, input.client, Some(lifetime), methods, now, Action::LoginSucceeded)
             .await?;
         Ok(LoginOutcome::Session(issued))
     }
 
+    /// Requires and verifies a captcha when the policy says so.
+    async fn check_captcha(
+        &self,
+        ctx: &Ctx,
+        email: &Email,
+        user: Option<&User>,
+        captcha: Option<CaptchaInput>,
+    ) -> Result<()> {
+        let required = match self.captcha.policy {
+            CaptchaPolicy::Off => false,
+            CaptchaPolicy::Always => true,
+            CaptchaPolicy::AfterFailures(n) => {
+                let account = match user {
+                    Some(user) => self.store.failed_attempts(user.id).await?,
+                    None => 0,
+                };
+                let ip = self.ip_failures(ctx).await?;
+                i64::from(account) >= i64::from(n) || ip >= i64::from(n)
+            }
+        };
+        if !required {
+            return Ok(());
+        }
+        let Some(captcha) = captcha else {
+            return Err(AuthFailure::CaptchaRequired.into());
+        };
+        match self.captcha.verifier.verify(captcha.vendor, &captcha.response, ctx.client_ip).await {
+            Ok(()) => Ok(()),
+            Err(captcha::CaptchaError::VendorNotEnabled(_)) => {
+                Err(Error::invalid("captcha.vendor", "this vendor is not configured on the server"))
+            }
+            Err(captcha::CaptchaError::Malformed(why)) => Err(Error::invalid("captcha.response", why)),
+            Err(err) => {
+                let now = self.clock.now();
+                let unavailable = matches!(err, captcha::CaptchaError::Unavailable(_));
+                let event = ctx
+                    .event(now, Action::CaptchaFailed, Outcome::Failure, format!("email:{}", email.as_str()))
+                    .detail(err.to_string());
+                self.store.audit(&[event]).await?;
+                self.note_ip_failure(ctx).await?;
+                if unavailable {
+                    tracing::warn!(error = %err, "captcha vendor unavailable; failing closed");
+                    Err(AuthFailure::CaptchaUnavailable.into())
+                } else {
+                    Err(AuthFailure::CaptchaInvalid.into())
+                }
+            }
+        }
+    }
+
+    /// Counts a failed login from the client's IP (for the captcha policy).
+    async fn note_ip_failure(&self, ctx: &Ctx) -> Result<()> {
+        if let (CaptchaPolicy::AfterFailures(_), Some(ip)) = (self.captcha.policy, ctx.client_ip) {
+            let start = self.clock.now().timestamp().div_euclid(IP_FAILURE_WINDOW.num_seconds());
+            self.store.hit_rate_limit(&format!("failures:ip:{ip}"), start).await?;
+        }
+        Ok(())
+    }
+
+    async fn ip_failures(&self, ctx: &Ctx) -> Result<i64> {
+        let Some(ip) = ctx.client_ip else { return Ok(0) };
+        let start = self.clock.now().timestamp().div_euclid(IP_FAILURE_WINDOW.num_seconds());
+        self.store.rate_limit_hits(&format!("failures:ip:{ip}"), start).await
+    }
+
     /// The session lifetime for `user`: its own or the default, shortened to
     /// what the client asked for.
-    fn lifetime_for(&self, user: &User, requested: Option<chrono::Duration>) -> chrono::Duration {
+    pub(super) fn lifetime_for(&self, user: &User, requested: Option<chrono::Duration>) -> chrono::Duration {
         let lifetime = user.session_lifetime.unwrap_or(self.settings.session_lifetime);
         requested.map_or(lifetime, |requested| lifetime.min(requested))
     }
 
-    /// Creates an active session for `user` and returns its first token.
+    /// Creates an active session for `user` and returns its first token;
+    /// the audit row (`action`) is written with it.
+    #[allow(clippy::too_many_arguments, reason = "one private constructor of sessions")]
     pub(super) async fn start_session(
         &self,
+        ctx: &Ctx,
         user: User,
         client: ClientInfo,
         requested_lifetime: Option<chrono::Duration>,
         auth_methods: Vec<AuthMethod>,
         now: DateTime<Utc>,
+        action: Action,
     ) -> Result<IssuedSession> {
         let lifetime = self.lifetime_for(&user, requested_lifetime);
         let absolute_expires_at = now + self.settings.session_absolute_lifetime;
         let expires_at = (now + lifetime).min(absolute_expires_at);
         let (token, hash) = self.tokens.generate(TokenKind::Session)?;
+        let methods = AuthMethod::join(&auth_methods);
         let session = self
             .store
-            .insert_session(NewSession {
-                user_id: user.id,
-                token_hash: hash,
-                state: SessionState::Active,
-                lifetime,
-                now,
-                expires_at,
-                absolute_expires_at,
-                client,
-                auth_methods,
-            })
+            .insert_session(
+                NewSession {
+                    user_id: user.id,
+                    token_hash: hash,
+                    state: SessionState::Active,
+                    lifetime,
+                    now,
+                    expires_at,
+                    absolute_expires_at,
+                    client,
+                    auth_methods,
+                },
+                |session| {
+                    let detail = format!("session:{} methods={methods}", session.id);
+                    vec![ctx.event(now, action, Outcome::Success, format!("user:{}", user.id)).detail(detail)]
+                },
+            )
             .await?;
         tracing::info!(user_id = user.id, session_id = session.id, "session started");
         Ok(IssuedSession { token, session_id: session.id, expires_at, user })

@@ -14,8 +14,9 @@ use totp_rs::{Algorithm, Totp};
 use zeroize::Zeroizing;
 
 use super::{
-    AuthFailure, AuthMethod, ClientInfo, Domain, Error, IssuedSession, MfaChallenge, MfaMethod, Principal,
-    Result, SessionState, User, UserKind, password::Password, scope, token::TokenKind,
+    Action, Actor, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Error, IssuedSession, MfaChallenge,
+    MfaMethod, Outcome, Principal, Result, SessionState, User, UserKind, limits::Flow, password::Password,
+    scope, token::TokenKind,
 };
 use crate::store::{CodePurpose, NewSession};
 
@@ -108,6 +109,7 @@ impl Domain {
     /// Starts a pending login for a user with second factors.
     pub(super) async fn start_mfa(
         &self,
+        ctx: &Ctx,
         user: &User,
         client: ClientInfo,
         lifetime: chrono::Duration,
@@ -117,17 +119,31 @@ impl Domain {
         let expires_at = now + self.mfa.pending_lifetime;
         let session = self
             .store
-            .insert_session(NewSession {
-                user_id: user.id,
-                token_hash: hash,
-                state: SessionState::PendingMfa,
-                lifetime,
-                now,
-                expires_at,
-                absolute_expires_at: expires_at,
-                client,
-                auth_methods: vec![AuthMethod::Password],
-            })
+            .insert_session(
+                NewSession {
+                    user_id: user.id,
+                    token_hash: hash,
+                    state: SessionState::PendingMfa,
+                    lifetime,
+                    now,
+                    expires_at,
+                    absolute_expires_at: expires_at,
+                    client,
+                    auth_methods: vec![AuthMethod::Password],
+                },
+                |session| {
+                    let detail = format!("pending session:{}", session.id);
+                    vec![
+                        ctx.event(
+                            now,
+                            Action::LoginPendingMfa,
+                            Outcome::Success,
+                            format!("user:{}", user.id),
+                        )
+                        .detail(detail),
+                    ]
+                },
+            )
             .await?;
         let mut methods = user.mfa.methods();
         if self.store.unused_recovery_codes(user.id).await? == 0 {
@@ -162,12 +178,13 @@ impl Domain {
     /// `Unauthenticated` for a bad pending token; `FailedPrecondition` when
     /// the user has no email method or the server sends no email;
     /// `Unavailable` when the mail server refuses.
-    pub async fn send_mfa_code(&self, mfa_token: &str) -> Result<DateTime<Utc>> {
+    pub async fn send_mfa_code(&self, ctx: &Ctx, mfa_token: &str) -> Result<DateTime<Utc>> {
         let now = self.clock.now();
         let found = self.pending(mfa_token, now).await?;
         if !found.user.mfa.email {
             return Err(Error::FailedPrecondition("the email method is not enrolled for this user".into()));
         }
+        self.check_limits(ctx, Flow::SendMfaCode, Some(found.user.email.as_str())).await?;
         self.email_code(&found.user, Some(found.session.id), CodePurpose::Login, now).await
     }
 
@@ -177,7 +194,13 @@ impl Domain {
     /// `InvalidArgument` for a malformed code or an unenrolled method
     /// (nothing counted); `Unauthenticated` for a wrong code, or a pending
     /// token that is unknown, used, expired or out of attempts.
-    pub async fn verify_mfa(&self, mfa_token: &str, method: MfaMethod, code: &str) -> Result<IssuedSession> {
+    pub async fn verify_mfa(
+        &self,
+        ctx: &Ctx,
+        mfa_token: &str,
+        method: MfaMethod,
+        code: &str,
+    ) -> Result<IssuedSession> {
         let code = Code::parse(method, code)?;
         let now = self.clock.now();
         let found = self.pending(mfa_token, now).await?;
@@ -185,14 +208,19 @@ impl Domain {
         if !user.mfa.methods().contains(&method) {
             return Err(Error::invalid("method", "this method is not enrolled for the user"));
         }
-        // Count the attempt before checking the code, so parallel guesses
-        // cannot exceed the limit.
+        self.check_limits(ctx, Flow::VerifyMfa, Some(user.email.as_str())).await?;
+        let ctx = &Ctx { actor: Actor::User(user.id), ..ctx.clone() };
+        // Count the attempt (on the pending login and on the account) before
+        // checking the code, so parallel guesses cannot exceed the limits.
         if !self.store.reserve_mfa_attempt(session.id).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
+        if !self.reserve_attempt(&user).await? {
+            return Err(AuthFailure::InvalidCode.into());
+        }
         let accepted = self.check_code(&user, Some(session.id), code, now).await?;
         if !accepted {
-            self.store.record_failure(user.id).await?;
+            self.record_failure(ctx, &user, Action::MfaFailed, method_label(method)).await?;
             tracing::info!(user_id = user.id, session_id = session.id, "wrong second-factor code");
             return Err(AuthFailure::InvalidCode.into());
         }
@@ -202,7 +230,16 @@ impl Domain {
         self.validator.forget_session(session.id);
         self.store.reset_failures(user.id).await?;
         let methods = vec![AuthMethod::Password, method.auth_method()];
-        self.start_session(user, session.client, Some(session.lifetime), methods, now).await
+        self.start_session(
+            ctx,
+            user,
+            session.client,
+            Some(session.lifetime),
+            methods,
+            now,
+            Action::MfaSucceeded,
+        )
+        .await
     }
 
     /// Checks a code for `user`, using it up when right.
@@ -318,7 +355,7 @@ impl Domain {
     /// # Errors
     /// `FailedPrecondition` without an enrolment; `Unauthenticated` for a
     /// wrong code.
-    pub async fn confirm_totp(&self, caller: &Principal, code: &str) -> Result<Vec<SecretString>> {
+    pub async fn confirm_totp(&self, ctx: &Ctx, caller: &Principal, code: &str) -> Result<Vec<SecretString>> {
         let Code::Totp(code) = Code::parse(MfaMethod::Totp, code)? else {
             return Err(Error::invalid("code", "a TOTP code is 6 digits"));
         };
@@ -327,15 +364,26 @@ impl Domain {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
         };
         let now = self.clock.now();
+        let ctx = ctx.acting_as(caller);
+        if !self.reserve_attempt(&user).await? {
+            return Err(AuthFailure::InvalidCode.into());
+        }
         let secret = self.mfa.sealer.open(&totp_context(user.id), &row.sealed)?;
         let Some(step) =
             totp(&secret, user.email.as_str(), &self.mfa.issuer)?.check(&code, unix_seconds(now))
         else {
-            self.store.record_failure(user.id).await?;
+            self.record_failure(&ctx, &user, Action::MfaFailed, "totp confirmation").await?;
             return Err(AuthFailure::InvalidCode.into());
         };
+        self.store.reset_failures(user.id).await?;
+        let event =
+            ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("totp");
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
-        if !self.store.confirm_totp(user.id, step as i64, digests.as_deref(), Some(session_id), now).await? {
+        if !self
+            .store
+            .confirm_totp(user.id, step as i64, digests.as_deref(), Some(session_id), now, &[event])
+            .await?
+        {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
         }
         self.validator.forget_user(user.id);
@@ -356,19 +404,31 @@ impl Domain {
     ///
     /// # Errors
     /// `Unauthenticated` for a wrong code; `FailedPrecondition` when already on.
-    pub async fn confirm_email_mfa(&self, caller: &Principal, code: &str) -> Result<Vec<SecretString>> {
+    pub async fn confirm_email_mfa(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        code: &str,
+    ) -> Result<Vec<SecretString>> {
         let code = Code::parse(MfaMethod::Email, code)?;
         let (user, session_id) = self.own_user(caller).await?;
         if user.mfa.email {
             return Err(Error::FailedPrecondition("the email method is already on".into()));
         }
         let now = self.clock.now();
-        if !self.check_code(&user, None, code, now).await? {
-            self.store.record_failure(user.id).await?;
+        let ctx = ctx.acting_as(caller);
+        if !self.reserve_attempt(&user).await? {
             return Err(AuthFailure::InvalidCode.into());
         }
+        if !self.check_code(&user, None, code, now).await? {
+            self.record_failure(&ctx, &user, Action::MfaFailed, "email confirmation").await?;
+            return Err(AuthFailure::InvalidCode.into());
+        }
+        self.store.reset_failures(user.id).await?;
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
-        self.store.enable_email_mfa(user.id, digests.as_deref(), Some(session_id), now).await?;
+        let event =
+            ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
+        self.store.enable_email_mfa(user.id, digests.as_deref(), Some(session_id), now, &[event]).await?;
         self.validator.forget_user(user.id);
         tracing::info!(user_id = user.id, "email MFA turned on");
         Ok(shown.unwrap_or_default())
@@ -381,6 +441,7 @@ impl Domain {
     /// password or code.
     pub async fn disable_mfa(
         &self,
+        ctx: &Ctx,
         caller: &Principal,
         password: &str,
         method: MfaMethod,
@@ -395,17 +456,23 @@ impl Domain {
         if !user.mfa.methods().contains(&method) {
             return Err(Error::invalid("method", "this method is not enrolled for the user"));
         }
+        let ctx = ctx.acting_as(caller);
+        if !self.reserve_attempt(&user).await? {
+            return Err(AuthFailure::WrongPassword.into());
+        }
         let stored = self.store.password_hash(user.id).await?;
         if !self.hasher.verify(&password, stored.as_deref()).await?.matched {
-            self.store.record_failure(user.id).await?;
+            self.record_failure(&ctx, &user, Action::MfaDisabled, "wrong password").await?;
             return Err(AuthFailure::WrongPassword.into());
         }
         let now = self.clock.now();
         if !self.check_code(&user, None, code, now).await? {
-            self.store.record_failure(user.id).await?;
+            self.record_failure(&ctx, &user, Action::MfaDisabled, "wrong code").await?;
             return Err(AuthFailure::InvalidCode.into());
         }
-        self.store.disable_mfa(user.id, Some(session_id), now).await?;
+        self.store.reset_failures(user.id).await?;
+        let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
+        self.store.disable_mfa(user.id, Some(session_id), now, &[event]).await?;
         self.validator.forget_user(user.id);
         tracing::info!(user_id = user.id, "MFA turned off");
         Ok(())
@@ -415,7 +482,11 @@ impl Domain {
     ///
     /// # Errors
     /// `FailedPrecondition` without MFA.
-    pub async fn regenerate_recovery_codes(&self, caller: &Principal) -> Result<Vec<SecretString>> {
+    pub async fn regenerate_recovery_codes(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+    ) -> Result<Vec<SecretString>> {
         let (user, _) = self.own_user(caller).await?;
         if !user.mfa.any() {
             return Err(Error::FailedPrecondition(
@@ -423,7 +494,13 @@ impl Domain {
             ));
         }
         let (shown, digests) = self.recovery_set()?;
-        self.store.replace_recovery_codes(user.id, &digests).await?;
+        let event = ctx.acting_as(caller).event(
+            self.clock.now(),
+            Action::RecoveryCodesRegenerated,
+            Outcome::Success,
+            format!("user:{}", user.id),
+        );
+        self.store.replace_recovery_codes(user.id, &digests, &[event]).await?;
         tracing::info!(user_id = user.id, "recovery codes regenerated");
         Ok(shown)
     }
@@ -432,13 +509,18 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden` without the users-write scope; `NotFound`.
-    pub async fn reset_mfa(&self, caller: &Principal, user_id: i64) -> Result<u64> {
+    pub async fn reset_mfa(&self, ctx: &Ctx, caller: &Principal, user_id: i64) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
         if user_id <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         self.store.user(user_id).await?.ok_or(Error::NotFound("user"))?;
-        let revoked = self.store.disable_mfa(user_id, None, self.clock.now()).await?;
+        let now = self.clock.now();
+        let event = ctx
+            .acting_as(caller)
+            .event(now, Action::MfaDisabled, Outcome::Success, format!("user:{user_id}"))
+            .detail("reset by an administrator");
+        let revoked = self.store.disable_mfa(user_id, None, now, &[event]).await?;
         self.validator.forget_user(user_id);
         tracing::info!(user_id, revoked, "MFA reset by an administrator");
         Ok(revoked)
@@ -487,6 +569,14 @@ impl Domain {
             }
         }
         Ok(out)
+    }
+}
+
+fn method_label(method: MfaMethod) -> &'static str {
+    match method {
+        MfaMethod::Totp => "totp",
+        MfaMethod::Email => "email",
+        MfaMethod::RecoveryCode => "recovery_code",
     }
 }
 

@@ -4,10 +4,13 @@
 //! Must not import tonic, prost or sea-orm types: `grpc` converts at its edge,
 //! `store` returns the plain records defined here.
 
+pub mod audit;
+mod audit_log;
 mod clock;
 pub mod credential;
 mod error;
 mod keys;
+pub mod limits;
 mod login;
 mod mfa;
 pub mod password;
@@ -21,10 +24,11 @@ pub mod validate;
 
 use std::sync::Arc;
 
+pub use audit::{Action, Actor, AuditEvent, AuditFilter, AuditRecord, Ctx, Outcome};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthFailure, Error, Result};
 pub use keys::{KeyPage, KeyPatch, NewKeyInput};
-pub use login::LoginInput;
+pub use login::{CaptchaInput, CaptchaPolicy, CaptchaSettings, LoginInput};
 pub use mfa::TotpEnrollment;
 pub use sessions::SessionPage;
 pub use types::*;
@@ -42,6 +46,9 @@ pub struct Domain {
     validator: Validator,
     settings: Settings,
     mfa: MfaSettings,
+    limits: limits::LimitSettings,
+    captcha: CaptchaSettings,
+    invalid_tokens: audit_log::InvalidTokenCounts,
 }
 
 /// What the second-factor rules need besides the store.
@@ -70,6 +77,8 @@ pub struct Settings {
     pub refresh_grace: chrono::Duration,
     /// Where credentials are looked for in an HTTP request.
     pub credential_sources: credential::Sources,
+    /// Peers whose `client.ip` is believed (e.g. the API gateway).
+    pub trusted_peers: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -90,6 +99,7 @@ impl Settings {
                 cookie_name: config.session_cookie_name.clone(),
                 query_param: config.token_query_param.clone(),
             },
+            trusted_peers: config.trusted_peers.clone(),
         })
     }
 }
@@ -97,6 +107,7 @@ impl Settings {
 impl Domain {
     /// Wires the rules to their store, clock and password hasher.
     #[must_use]
+    #[allow(clippy::too_many_arguments, reason = "the one constructor, called by app.rs")]
     pub fn new(
         store: Store,
         clock: Arc<dyn Clock>,
@@ -105,8 +116,21 @@ impl Domain {
         validator: Validator,
         settings: Settings,
         mfa: MfaSettings,
+        limits: limits::LimitSettings,
+        captcha: CaptchaSettings,
     ) -> Self {
-        Self { store, clock, hasher, tokens, validator, settings, mfa }
+        Self {
+            store,
+            clock,
+            hasher,
+            tokens,
+            validator,
+            settings,
+            mfa,
+            limits,
+            captcha,
+            invalid_tokens: audit_log::InvalidTokenCounts::default(),
+        }
     }
 
     /// The password hasher (its counters are observable).
@@ -125,5 +149,11 @@ impl Domain {
     #[must_use]
     pub fn credential_sources(&self) -> &credential::Sources {
         &self.settings.credential_sources
+    }
+
+    /// Whether `ip` is a configured trusted peer, whose `client.ip` is believed.
+    #[must_use]
+    pub fn is_trusted_peer(&self, ip: std::net::IpAddr) -> bool {
+        self.settings.trusted_peers.iter().any(|net| net.contains(&ip))
     }
 }

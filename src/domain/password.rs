@@ -95,7 +95,10 @@ pub struct Hasher {
     workers: Arc<Semaphore>,
     dummy_hash: Arc<str>,
     verifications: Arc<AtomicU64>,
+    work: Arc<AtomicU64>,
     rejections: Arc<AtomicU64>,
+    /// How many hashes may wait (for [`Hasher::queue_depth`]).
+    queue_capacity: usize,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -130,7 +133,9 @@ impl Hasher {
             workers: Arc::new(Semaphore::new(threads)),
             dummy_hash: dummy_hash.into(),
             verifications: Arc::new(AtomicU64::new(0)),
+            work: Arc::new(AtomicU64::new(0)),
             rejections: Arc::new(AtomicU64::new(0)),
+            queue_capacity: config.queue_depth,
         })
     }
 
@@ -160,7 +165,10 @@ impl Hasher {
         let known = stored.is_some();
         let stored: Arc<str> = stored.map_or_else(|| Arc::clone(&self.dummy_hash), Arc::from);
         let password = SecretString::from(password.0.expose_secret());
-        self.verifications.fetch_add(1, Ordering::Relaxed);
+        self.work.fetch_add(1, Ordering::Relaxed);
+        if known {
+            self.verifications.fetch_add(1, Ordering::Relaxed);
+        }
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&stored) else {
                 return Err(Error::Internal("stored password hash is not a PHC string".into()));
@@ -185,16 +193,33 @@ impl Hasher {
         .await
     }
 
-    /// How many password verifications have run (for tests and metrics).
+    /// How many passwords were checked against an account's real hash.
     #[must_use]
     pub fn verification_count(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// How many verification hashes ran, real and dummy alike: equal work
+    /// for known, unknown, locked and disabled accounts shows here.
+    #[must_use]
+    pub fn hash_work_count(&self) -> u64 {
+        self.work.load(Ordering::Relaxed)
     }
 
     /// How many hash requests were refused because the queue was full.
     #[must_use]
     pub fn rejection_count(&self) -> u64 {
         self.rejections.load(Ordering::Relaxed)
+    }
+
+    /// How many admitted hashes are waiting for a thread right now (for
+    /// metrics): admitted and not yet running.
+    #[must_use]
+    pub fn queue_depth(&self) -> usize {
+        // admitted = threads + capacity - free admission permits;
+        // running = threads - free worker permits.
+        (self.queue_capacity + self.workers.available_permits())
+            .saturating_sub(self.admission.available_permits())
     }
 
     async fn run<T, F>(&self, job: F) -> Result<T>
@@ -269,7 +294,8 @@ mod tests {
         let password = Password::parse("portcullis dummy password, never matches", "p").unwrap();
         let verification = hasher.verify(&password, None).await.unwrap();
         assert!(!verification.matched);
-        assert_eq!(hasher.verification_count(), 1);
+        assert_eq!(hasher.verification_count(), 0);
+        assert_eq!(hasher.hash_work_count(), 1);
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ pub const USERS_WRITE: &str = "portcullis:users:write";
 pub const SESSIONS_READ: &str = "portcullis:sessions:read";
 /// Revoke any user's sessions.
 pub const SESSIONS_WRITE: &str = "portcullis:sessions:write";
+/// Read the audit log.
+pub const AUDIT_READ: &str = "portcullis:audit:read";
 /// Read the API keys of other owners.
 pub const KEYS_READ: &str = "portcullis:keys:read";
 /// Create, change, rotate and revoke the API keys of other owners.

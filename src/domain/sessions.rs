@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    AuthFailure, Domain, Error, IssuedSession, Page, Principal, Result, Session, SessionState, page_size,
-    page_token, parse_page_token, scope, token::TokenKind,
+    Action, Actor, AuthFailure, Ctx, Domain, Error, IssuedSession, Outcome, Page, Principal, Result, Session,
+    SessionState, limits::Flow, page_size, page_token, parse_page_token, scope, token::TokenKind,
 };
 use crate::store::Rotation;
 
@@ -29,7 +29,7 @@ impl Domain {
     ///
     /// # Errors
     /// `Unauthenticated` for an invalid, expired or reused token.
-    pub async fn refresh(&self, token: &str) -> Result<IssuedSession> {
+    pub async fn refresh(&self, ctx: &Ctx, token: &str) -> Result<IssuedSession> {
         let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         if parsed.kind != TokenKind::Session {
             return Err(AuthFailure::InvalidToken.into());
@@ -45,10 +45,16 @@ impl Domain {
             if session.state != SessionState::Active || found.user.disabled {
                 return Err(AuthFailure::InvalidToken.into());
             }
+            self.check_limits(ctx, Flow::Refresh, Some(found.user.email.as_str())).await?;
+            let ctx = &Ctx { actor: Actor::User(found.user.id), ..ctx.clone() };
+            let subject = format!("session:{}", session.id);
             let (expected, previous_hash, previous_valid_until) = if found.matched_previous {
                 let grace_end = session.previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC);
                 if now >= grace_end {
-                    self.store.revoke_session(session.id, "refresh_token_reuse", now).await?;
+                    let event = ctx
+                        .event(now, Action::RefreshReuse, Outcome::Failure, subject)
+                        .detail("session revoked");
+                    self.store.revoke_session(session.id, "refresh_token_reuse", now, &[event]).await?;
                     self.validator.forget_session(session.id);
                     tracing::warn!(
                         session_id = session.id,
@@ -70,14 +76,17 @@ impl Domain {
             let (new_token, new_hash) = self.tokens.generate(TokenKind::Session)?;
             let applied = self
                 .store
-                .rotate_session(Rotation {
-                    session_id: session.id,
-                    expected,
-                    new_hash,
-                    previous_hash,
-                    previous_valid_until: previous_valid_until.min(expires_at),
-                    expires_at,
-                })
+                .rotate_session(
+                    Rotation {
+                        session_id: session.id,
+                        expected,
+                        new_hash,
+                        previous_hash,
+                        previous_valid_until: previous_valid_until.min(expires_at),
+                        expires_at,
+                    },
+                    &[ctx.event(now, Action::SessionRefreshed, Outcome::Success, subject)],
+                )
                 .await?;
             if applied {
                 self.validator.forget_session(session.id);
@@ -97,7 +106,7 @@ impl Domain {
     ///
     /// # Errors
     /// `Unauthenticated` for a token that names no session.
-    pub async fn logout(&self, token: &str) -> Result<()> {
+    pub async fn logout(&self, ctx: &Ctx, token: &str) -> Result<()> {
         let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         // A pending login is not a session: it works only with the MFA calls.
         if parsed.kind != TokenKind::Session {
@@ -107,7 +116,9 @@ impl Domain {
             return Err(AuthFailure::InvalidToken.into());
         };
         let now = self.clock.now();
-        self.store.revoke_session(found.session.id, "logout", now).await?;
+        let ctx = Ctx { actor: Actor::User(found.user.id), ..ctx.clone() };
+        let event = ctx.event(now, Action::Logout, Outcome::Success, format!("session:{}", found.session.id));
+        self.store.revoke_session(found.session.id, "logout", now, &[event]).await?;
         self.validator.forget_session(found.session.id);
         Ok(())
     }
@@ -148,7 +159,7 @@ impl Domain {
     /// # Errors
     /// `NotFound` when the session does not exist or is another user's and
     /// the caller may not manage it.
-    pub async fn revoke_session(&self, caller: &Principal, session_id: i64) -> Result<()> {
+    pub async fn revoke_session(&self, ctx: &Ctx, caller: &Principal, session_id: i64) -> Result<()> {
         if session_id <= 0 {
             return Err(Error::invalid("session_id", "must be a positive session id"));
         }
@@ -158,7 +169,9 @@ impl Domain {
             return Err(Error::NotFound("session"));
         };
         let now = self.clock.now();
-        self.store.revoke_session(session.id, "revoked", now).await?;
+        let event =
+            ctx.event(now, Action::SessionRevoked, Outcome::Success, format!("session:{}", session.id));
+        self.store.revoke_session(session.id, "revoked", now, &[event]).await?;
         self.validator.forget_session(session.id);
         Ok(())
     }
@@ -172,6 +185,7 @@ impl Domain {
     /// session.
     pub async fn revoke_sessions(
         &self,
+        ctx: &Ctx,
         caller: &Principal,
         user_id: i64,
         keep_current: bool,
@@ -191,7 +205,10 @@ impl Domain {
             None
         };
         let now = self.clock.now();
-        let count = self.store.revoke_user_sessions(user_id, keep, "revoked", now).await?;
+        let event = ctx
+            .event(now, Action::SessionsRevoked, Outcome::Success, format!("user:{user_id}"))
+            .detail(if keep.is_some() { "all but the current" } else { "all" });
+        let count = self.store.revoke_user_sessions(user_id, keep, "revoked", now, &[event]).await?;
         self.validator.forget_user(user_id);
         Ok((count, now))
     }

@@ -1,8 +1,8 @@
 //! User accounts and passwords.
 
 use super::{
-    AuthFailure, Domain, Email, Error, Page, Principal, Result, Role, User, UserKind, page_size, page_token,
-    parse_page_token, password::Password, scope,
+    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserKind,
+    page_size, page_token, parse_page_token, password::Password, scope,
 };
 use crate::store::NewUser;
 
@@ -40,16 +40,16 @@ impl Domain {
     /// # Errors
     /// `Forbidden` without the users-write scope, `InvalidArgument` for bad
     /// input, `AlreadyExists` for a taken email.
-    pub async fn create_user(&self, caller: &Principal, input: NewUserInput) -> Result<User> {
+    pub async fn create_user(&self, ctx: &Ctx, caller: &Principal, input: NewUserInput) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
-        self.create_user_unchecked(input).await
+        self.create_user_unchecked(&ctx.acting_as(caller), input).await
     }
 
     /// Creates a user without a caller: the CLI's bootstrap of the first admin.
     ///
     /// # Errors
     /// As [`Domain::create_user`], without the scope check.
-    pub async fn create_user_unchecked(&self, input: NewUserInput) -> Result<User> {
+    pub async fn create_user_unchecked(&self, ctx: &Ctx, input: NewUserInput) -> Result<User> {
         let email = Email::parse(&input.email, "email")?;
         let password = match input.kind {
             UserKind::Human => Some(Password::parse(&input.password, "password")?),
@@ -65,16 +65,26 @@ impl Domain {
             Some(password) => Some(self.hasher.hash(password).await?),
             None => None,
         };
+        let now = self.clock.now();
         let user = self
             .store
-            .insert_user(NewUser {
-                email,
-                password_hash,
-                role: input.role,
-                kind: input.kind,
-                session_lifetime: input.session_lifetime,
-                now: self.clock.now(),
-            })
+            .insert_user(
+                NewUser {
+                    email,
+                    password_hash,
+                    role: input.role,
+                    kind: input.kind,
+                    session_lifetime: input.session_lifetime,
+                    now,
+                },
+                |user| {
+                    let detail = format!("role={} kind={}", user.role.as_str(), user.kind.as_str());
+                    vec![
+                        ctx.event(now, Action::UserCreated, Outcome::Success, format!("user:{}", user.id))
+                            .detail(detail),
+                    ]
+                },
+            )
             .await?;
         tracing::info!(user_id = user.id, role = user.role.as_str(), "user created");
         Ok(user)
@@ -114,7 +124,13 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden`, `InvalidArgument`, `NotFound`.
-    pub async fn update_user(&self, caller: &Principal, user_id: i64, patch: UserPatch) -> Result<User> {
+    pub async fn update_user(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        user_id: i64,
+        patch: UserPatch,
+    ) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
         if user_id <= 0 {
             return Err(Error::invalid("user.id", "must be a positive user id"));
@@ -122,11 +138,23 @@ impl Domain {
         if let Some(Some(lifetime)) = patch.session_lifetime {
             self.check_lifetime(lifetime, "user.session_lifetime")?;
         }
-        let user = self
-            .store
-            .update_user(user_id, &patch, self.clock.now())
-            .await?
-            .ok_or(Error::NotFound("user"))?;
+        let now = self.clock.now();
+        let mut changed = Vec::new();
+        if let Some(role) = patch.role {
+            changed.push(format!("role={}", role.as_str()));
+        }
+        if let Some(disabled) = patch.disabled {
+            changed.push(format!("disabled={disabled}"));
+        }
+        if patch.session_lifetime.is_some() {
+            changed.push("session_lifetime".to_owned());
+        }
+        let event = ctx
+            .acting_as(caller)
+            .event(now, Action::UserUpdated, Outcome::Success, format!("user:{user_id}"))
+            .detail(changed.join(" "));
+        let user =
+            self.store.update_user(user_id, &patch, now, &[event]).await?.ok_or(Error::NotFound("user"))?;
         // Role and disabled flag are cached with each token.
         self.validator.forget_user(user_id);
         tracing::info!(user_id, "user updated");
@@ -138,7 +166,13 @@ impl Domain {
     /// # Errors
     /// `InvalidArgument` for a bad new password or a caller that is not a
     /// session; `Unauthenticated(WrongPassword)` for a wrong current one.
-    pub async fn change_password(&self, caller: &Principal, current: &str, new: &str) -> Result<u64> {
+    pub async fn change_password(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<u64> {
         let Some(session_id) = caller.session_id() else {
             return Err(Error::Forbidden {
                 message: "ChangePassword needs the user's own session".into(),
@@ -147,14 +181,24 @@ impl Domain {
         };
         let current = Password::parse(current, "current_password")?;
         let new = Password::parse(new, "new_password")?;
-        let stored = self.store.password_hash(caller.user_id).await?;
-        if !self.hasher.verify(&current, stored.as_deref()).await?.matched {
+        let ctx = ctx.acting_as(caller);
+        let user = self.store.user(caller.user_id).await?.ok_or(Error::NotFound("user"))?;
+        // A wrong current password counts toward the lockout like a wrong login.
+        if !self.reserve_attempt(&user).await? {
             return Err(AuthFailure::WrongPassword.into());
         }
+        let stored = self.store.password_hash(caller.user_id).await?;
+        if !self.hasher.verify(&current, stored.as_deref()).await?.matched {
+            self.record_failure(&ctx, &user, Action::PasswordChanged, "wrong current password").await?;
+            return Err(AuthFailure::WrongPassword.into());
+        }
+        self.store.reset_failures(user.id).await?;
         let hash = self.hasher.hash(new).await?;
+        let now = self.clock.now();
+        let event = ctx.event(now, Action::PasswordChanged, Outcome::Success, format!("user:{}", user.id));
         let revoked = self
             .store
-            .set_password(caller.user_id, hash, Some(session_id), self.clock.now())
+            .set_password(caller.user_id, hash, Some(session_id), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(caller.user_id);
@@ -166,7 +210,7 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden`, `InvalidArgument`, `NotFound`.
-    pub async fn set_password(&self, caller: &Principal, user_id: i64, new: &str) -> Result<u64> {
+    pub async fn set_password(&self, ctx: &Ctx, caller: &Principal, user_id: i64, new: &str) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
         if user_id <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
@@ -180,9 +224,16 @@ impl Domain {
             Some(_) => {}
         }
         let hash = self.hasher.hash(new).await?;
+        let now = self.clock.now();
+        let event = ctx.acting_as(caller).event(
+            now,
+            Action::PasswordSet,
+            Outcome::Success,
+            format!("user:{user_id}"),
+        );
         let revoked = self
             .store
-            .set_password(user_id, hash, None, self.clock.now())
+            .set_password(user_id, hash, None, now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(user_id);

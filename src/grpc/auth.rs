@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, caller_token, convert, optional_caller, to_status};
+use super::{caller, caller_token, convert, optional_caller, request_ctx, to_status};
 use crate::{
-    domain::{self, Domain, Error, LoginOutcome, credential},
+    domain::{self, Actor, Ctx, Domain, Error, LoginOutcome, credential},
     proto::v1::{self as pb, auth_service_server},
 };
 
@@ -24,12 +24,41 @@ impl AuthService {
     }
 }
 
+impl AuthService {
+    /// `ValidateToken`'s work: find the credential, validate it.
+    async fn validate(&self, request: pb::ValidateTokenRequest) -> Result<domain::Principal, Error> {
+        let pb::ValidateTokenRequest { credential, required_scopes } = request;
+        let token = match credential {
+            None => return Err(Error::invalid("credential", "set `token` or `http`")),
+            Some(pb::validate_token_request::Credential::Token(token)) if token.is_empty() => {
+                return Err(Error::invalid("token", "must not be empty"));
+            }
+            Some(pb::validate_token_request::Credential::Token(token)) => token,
+            Some(pb::validate_token_request::Credential::Http(http)) => credential::find(
+                self.domain.credential_sources(),
+                http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &http.query,
+            )?,
+        };
+        self.domain.validate_token(&token, &required_scopes).await
+    }
+}
+
 #[tonic::async_trait]
 impl auth_service_server::AuthService for AuthService {
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let caller = optional_caller(&self.domain, request.metadata()).await?;
-        let pb::LoginRequest { email, password, captcha: _, bypass_captcha, client, session_lifetime } =
+        let ctx = request_ctx(
+            &self.domain,
+            request.metadata(),
+            request.remote_addr(),
+            caller.as_ref(),
+            request.get_ref().client.as_ref(),
+        );
+        // A login is anonymous; the caller matters only for bypass_captcha.
+        let ctx = Ctx { actor: Actor::Anonymous, ..ctx };
+        let pb::LoginRequest { email, password, captcha, bypass_captcha, client, session_lifetime } =
             request.into_inner();
         let input = domain::LoginInput {
             email,
@@ -38,13 +67,41 @@ impl auth_service_server::AuthService for AuthService {
             requested_lifetime: convert::duration_from(session_lifetime, "session_lifetime")
                 .map_err(to_status)?,
             bypass_captcha,
+            captcha: captcha.map(convert::captcha_from).transpose().map_err(to_status)?,
         };
-        let outcome = self.domain.login(caller.as_ref(), input).await.map_err(to_status)?;
-        let result = match outcome {
-            LoginOutcome::Session(issued) => pb::login_response::Result::Session(issued.into()),
-            LoginOutcome::Mfa(challenge) => pb::login_response::Result::Mfa(challenge.into()),
+        let outcome = self.domain.login(&ctx, caller.as_ref(), input).await.map_err(to_status)?;
+        Ok(Response::new(pb::LoginResponse { result: Some(login_result(outcome)) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn admin_login(
+        &self,
+        request: Request<pb::AdminLoginRequest>,
+    ) -> Result<Response<pb::AdminLoginResponse>, Status> {
+        let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(
+            &self.domain,
+            request.metadata(),
+            request.remote_addr(),
+            Some(&caller),
+            request.get_ref().client.as_ref(),
+        );
+        let pb::AdminLoginRequest { email, password, client, session_lifetime } = request.into_inner();
+        let input = domain::LoginInput {
+            email,
+            password,
+            client: client.map(Into::into).unwrap_or_default(),
+            requested_lifetime: convert::duration_from(session_lifetime, "session_lifetime")
+                .map_err(to_status)?,
+            bypass_captcha: false,
+            captcha: None,
         };
-        Ok(Response::new(pb::LoginResponse { result: Some(result) }))
+        let outcome = self.domain.admin_login(&ctx, &caller, input).await.map_err(to_status)?;
+        let result = match login_result(outcome) {
+            pb::login_response::Result::Session(s) => pb::admin_login_response::Result::Session(s),
+            pb::login_response::Result::Mfa(m) => pb::admin_login_response::Result::Mfa(m),
+        };
+        Ok(Response::new(pb::AdminLoginResponse { result: Some(result) }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -52,11 +109,12 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::RefreshSessionRequest>,
     ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
         let pb::RefreshSessionRequest { token } = request.into_inner();
         if token.is_empty() {
             return Err(to_status(Error::invalid("token", "must not be empty")));
         }
-        let issued = self.domain.refresh(&token).await.map_err(to_status)?;
+        let issued = self.domain.refresh(&ctx, &token).await.map_err(to_status)?;
         Ok(Response::new(pb::RefreshSessionResponse { session: Some(issued.into()) }))
     }
 
@@ -65,12 +123,13 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
         let token = if request.get_ref().token.is_empty() {
             caller_token(&self.domain, request.metadata()).map_err(to_status)?
         } else {
             request.into_inner().token
         };
-        self.domain.logout(&token).await.map_err(to_status)?;
+        self.domain.logout(&ctx, &token).await.map_err(to_status)?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
@@ -79,26 +138,19 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        let pb::ValidateTokenRequest { credential, required_scopes } = request.into_inner();
-        let token = match credential {
-            None => {
-                return Err(to_status(Error::invalid("credential", "set `token` or `http`")));
+        let source = request.remote_addr().map(|addr| addr.ip());
+        match self.validate(request.into_inner()).await {
+            Ok(principal) => {
+                Ok(Response::new(pb::ValidateTokenResponse { principal: Some(principal.into()) }))
             }
-            Some(pb::validate_token_request::Credential::Token(token)) => {
-                if token.is_empty() {
-                    return Err(to_status(Error::invalid("token", "must not be empty")));
+            Err(err) => {
+                // Floods of bad tokens are audited in aggregate, per source.
+                if let Error::Unauthenticated(failure) = &err {
+                    self.domain.note_invalid_token(source, failure.label());
                 }
-                token
+                Err(to_status(err))
             }
-            Some(pb::validate_token_request::Credential::Http(http)) => credential::find(
-                self.domain.credential_sources(),
-                http.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                &http.query,
-            )
-            .map_err(to_status)?,
-        };
-        let principal = self.domain.validate_token(&token, &required_scopes).await.map_err(to_status)?;
-        Ok(Response::new(pb::ValidateTokenResponse { principal: Some(principal.into()) }))
+        }
     }
 
     #[tracing::instrument(skip_all)]
@@ -122,8 +174,9 @@ impl auth_service_server::AuthService for AuthService {
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::RevokeSessionRequest { session_id } = request.into_inner();
-        self.domain.revoke_session(&caller, session_id).await.map_err(to_status)?;
+        self.domain.revoke_session(&ctx, &caller, session_id).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
@@ -133,9 +186,10 @@ impl auth_service_server::AuthService for AuthService {
         request: Request<pb::RevokeSessionsRequest>,
     ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::RevokeSessionsRequest { user_id, keep_current } = request.into_inner();
         let (count, at) =
-            self.domain.revoke_sessions(&caller, user_id, keep_current).await.map_err(to_status)?;
+            self.domain.revoke_sessions(&ctx, &caller, user_id, keep_current).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeSessionsResponse {
             revoked_count: count as i64,
             revoke_time: Some(convert::timestamp(at)),
@@ -147,8 +201,9 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::SendMfaCodeRequest>,
     ) -> Result<Response<pb::SendMfaCodeResponse>, Status> {
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
         let pb::SendMfaCodeRequest { mfa_token } = request.into_inner();
-        let expires_at = self.domain.send_mfa_code(&mfa_token).await.map_err(to_status)?;
+        let expires_at = self.domain.send_mfa_code(&ctx, &mfa_token).await.map_err(to_status)?;
         Ok(Response::new(pb::SendMfaCodeResponse { expire_time: Some(convert::timestamp(expires_at)) }))
     }
 
@@ -157,9 +212,17 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::VerifyMfaRequest>,
     ) -> Result<Response<pb::VerifyMfaResponse>, Status> {
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
         let pb::VerifyMfaRequest { mfa_token, code, method } = request.into_inner();
         let method = convert::mfa_method_from(method, "method").map_err(to_status)?;
-        let issued = self.domain.verify_mfa(&mfa_token, method, &code).await.map_err(to_status)?;
+        let issued = self.domain.verify_mfa(&ctx, &mfa_token, method, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::VerifyMfaResponse { session: Some(issued.into()) }))
+    }
+}
+
+fn login_result(outcome: LoginOutcome) -> pb::login_response::Result {
+    match outcome {
+        LoginOutcome::Session(issued) => pb::login_response::Result::Session(issued.into()),
+        LoginOutcome::Mfa(challenge) => pb::login_response::Result::Mfa(challenge.into()),
     }
 }

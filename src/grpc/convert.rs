@@ -265,3 +265,48 @@ impl From<domain::ApiKey> for pb::ApiKey {
         }
     }
 }
+
+/// Reads a captcha solution; an unspecified or unknown vendor names
+/// `captcha.vendor`.
+pub fn captcha_from(captcha: pb::Captcha) -> Result<domain::CaptchaInput> {
+    let pb::Captcha { response, vendor } = captcha;
+    let vendor = match pb::CaptchaVendor::try_from(vendor) {
+        Ok(pb::CaptchaVendor::Googlev3) => crate::captcha::Vendor::GoogleV3,
+        Ok(pb::CaptchaVendor::Hcaptcha) => crate::captcha::Vendor::HCaptcha,
+        Ok(pb::CaptchaVendor::Turnstile) => crate::captcha::Vendor::Turnstile,
+        Ok(pb::CaptchaVendor::Unspecified) => return Err(Error::invalid("captcha.vendor", "must be set")),
+        Err(_) => return Err(Error::invalid("captcha.vendor", format!("unknown vendor value {vendor}"))),
+    };
+    Ok(domain::CaptchaInput { response, vendor })
+}
+
+impl From<domain::AuditRecord> for pb::AuditEvent {
+    fn from(record: domain::AuditRecord) -> Self {
+        let domain::AuditRecord {
+            id,
+            at,
+            action,
+            outcome,
+            actor,
+            subject,
+            client_ip,
+            user_agent,
+            request_id,
+            detail,
+            count,
+        } = record;
+        pb::AuditEvent {
+            id,
+            event_time: Some(timestamp(at)),
+            action,
+            outcome,
+            actor,
+            subject,
+            client_ip,
+            user_agent,
+            request_id,
+            detail,
+            count,
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, to_status};
+use super::{caller, convert, request_ctx, to_status};
 use crate::{
     domain::{Domain, Error, KeyPatch, NewKeyInput},
     proto::v1::{self as pb, key_service_server},
@@ -33,6 +33,7 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::CreateApiKeyRequest { name, scopes, environment, expire_time, owner_id } =
             request.into_inner();
         let input = NewKeyInput {
@@ -42,7 +43,7 @@ impl key_service_server::KeyService for KeyService {
             expires_at: convert::timestamp_from(expire_time, "expire_time").map_err(to_status)?,
             owner_id,
         };
-        let issued = self.domain.create_key(&caller, input).await.map_err(to_status)?;
+        let issued = self.domain.create_key(&ctx, &caller, input).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: issued.key.expose_secret().to_owned(),
             api_key: Some(issued.api_key.into()),
@@ -81,6 +82,7 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::UpdateApiKeyRequest { api_key, update_mask } = request.into_inner();
         let api_key = api_key.ok_or_else(|| to_status(Error::invalid("api_key", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
@@ -100,7 +102,7 @@ impl key_service_server::KeyService for KeyService {
                 }
             }
         }
-        let key = self.domain.update_key(&caller, api_key.id, patch).await.map_err(to_status)?;
+        let key = self.domain.update_key(&ctx, &caller, api_key.id, patch).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateApiKeyResponse { api_key: Some(key.into()) }))
     }
 
@@ -110,8 +112,9 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
-        let key = self.domain.revoke_key(&caller, key_id).await.map_err(to_status)?;
+        let key = self.domain.revoke_key(&ctx, &caller, key_id).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeApiKeyResponse { api_key: Some(key.into()) }))
     }
 
@@ -121,9 +124,11 @@ impl key_service_server::KeyService for KeyService {
         request: Request<pb::RotateApiKeyRequest>,
     ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::RotateApiKeyRequest { key_id, overlap } = request.into_inner();
         let overlap = convert::duration_from(overlap, "overlap").map_err(to_status)?.unwrap_or_default();
-        let (issued, previous) = self.domain.rotate_key(&caller, key_id, overlap).await.map_err(to_status)?;
+        let (issued, previous) =
+            self.domain.rotate_key(&ctx, &caller, key_id, overlap).await.map_err(to_status)?;
         Ok(Response::new(pb::RotateApiKeyResponse {
             key: issued.key.expose_secret().to_owned(),
             api_key: Some(issued.api_key.into()),

@@ -1,8 +1,10 @@
 //! The gRPC edge: tonic services that validate, read the caller, convert,
 //! make one domain call and convert back. No SQL, hashing or policy here.
 
+mod audit;
 mod auth;
 mod convert;
+pub mod envoy;
 mod keys;
 mod redact;
 mod status;
@@ -10,14 +12,16 @@ mod user;
 
 use std::sync::Arc;
 
+pub use audit::AuditService;
 pub use auth::AuthService;
+pub use envoy::{EnvoyAuthorization, IdentityHeaders};
 pub use keys::KeyService;
 pub use status::to_status;
 pub use user::UserService;
 
 use tonic::metadata::{KeyAndValueRef, MetadataMap};
 
-use crate::domain::{Domain, Principal, credential};
+use crate::domain::{Actor, CredentialId, Ctx, Domain, Principal, credential};
 
 /// Finds the caller's own credential in the request metadata
 /// (`authorization`, `x-api-key`, `cookie`), if there is one.
@@ -57,4 +61,58 @@ async fn optional_caller(
         Err(err) => Err(to_status(err)),
         Ok(token) => domain.validate_token(&token, &[]).await.map(Some).map_err(to_status),
     }
+}
+
+/// The rules' context for a request: its request id, the end user's IP and
+/// user agent, and (once known) who is acting.
+///
+/// The IP is the connection's peer, unless the caller is trusted (a
+/// configured trusted peer, or a caller authenticated with an API key) and
+/// names the end user's IP in `client.ip`; a forwarded value from anyone else
+/// is ignored.
+fn request_ctx(
+    domain: &Domain,
+    metadata: &MetadataMap,
+    peer: Option<std::net::SocketAddr>,
+    caller: Option<&Principal>,
+    client: Option<&crate::proto::v1::ClientInfo>,
+) -> Ctx {
+    let peer_ip = peer.map(|addr| addr.ip());
+    let trusted = caller.is_some_and(|c| matches!(c.credential, CredentialId::ApiKey(_)))
+        || peer_ip.is_some_and(|ip| domain.is_trusted_peer(ip));
+    let claimed = client.and_then(|c| c.ip.parse::<std::net::IpAddr>().ok());
+    let client_ip = if trusted { claimed.or(peer_ip) } else { peer_ip };
+    let user_agent = client
+        .map(|c| c.user_agent.clone())
+        .filter(|ua| !ua.is_empty())
+        .or_else(|| metadata.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default();
+    let ctx = Ctx { request_id: request_id(metadata), client_ip, user_agent, actor: Actor::Anonymous };
+    match caller {
+        Some(caller) => ctx.acting_as(caller),
+        None => ctx,
+    }
+}
+
+/// The caller's `x-request-id` when it is usable (at most 128 visible ASCII
+/// characters), else a new one. (The request layer has already replaced an
+/// unusable one in the metadata.)
+fn request_id(metadata: &MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A fresh request id: 16 random bytes, hex.
+fn new_request_id() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes.iter().fold(String::with_capacity(32), |mut out, b| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }

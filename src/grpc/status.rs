@@ -29,6 +29,9 @@ pub fn to_status(err: Error) -> Status {
             let (code, reason) = match failure {
                 AuthFailure::Expired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
                 AuthFailure::MfaRequired => (Code::PermissionDenied, "MFA_REQUIRED"),
+                AuthFailure::CaptchaRequired => (Code::Unauthenticated, "CAPTCHA_REQUIRED"),
+                AuthFailure::CaptchaInvalid => (Code::Unauthenticated, "CAPTCHA_INVALID"),
+                AuthFailure::CaptchaUnavailable => (Code::Unavailable, "CAPTCHA_UNAVAILABLE"),
                 AuthFailure::Missing
                 | AuthFailure::Ambiguous
                 | AuthFailure::InvalidToken
@@ -64,6 +67,16 @@ pub fn to_status(err: Error) -> Status {
             format!("{what} already exists"),
             info("ALREADY_EXISTS", HashMap::from([("resource".to_owned(), what.to_owned())])),
         ),
+        Error::RateLimited { retry_after } => {
+            let mut details = info("RATE_LIMITED", HashMap::new());
+            details.set_retry_info(Some(retry_after));
+            let mut status =
+                Status::with_error_details(Code::ResourceExhausted, err_message(retry_after), details);
+            if let Ok(value) = retry_after.as_secs().max(1).to_string().parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
+            status
+        }
         Error::Overloaded { what, retry_after } => {
             let mut details = info("RATE_LIMITED", HashMap::new());
             details.set_retry_info(Some(retry_after));
@@ -90,4 +103,8 @@ pub fn to_status(err: Error) -> Status {
             Status::with_error_details(Code::Internal, "internal error", info("INTERNAL", HashMap::new()))
         }
     }
+}
+
+fn err_message(retry_after: std::time::Duration) -> String {
+    Error::RateLimited { retry_after }.to_string()
 }

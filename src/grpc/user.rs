@@ -5,7 +5,7 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, to_status};
+use super::{caller, convert, request_ctx, to_status};
 use crate::{
     domain::{Domain, Error, NewUserInput, Role, UserPatch},
     proto::v1::{self as pb, user_service_server},
@@ -33,6 +33,7 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::CreateUserRequest { email, password, role, session_lifetime, kind } = request.into_inner();
         let input = NewUserInput {
             kind: convert::user_kind_from(kind, "kind").map_err(to_status)?,
@@ -42,7 +43,7 @@ impl user_service_server::UserService for UserService {
             session_lifetime: convert::duration_from(session_lifetime, "session_lifetime")
                 .map_err(to_status)?,
         };
-        let user = self.domain.create_user(&caller, input).await.map_err(to_status)?;
+        let user = self.domain.create_user(&ctx, &caller, input).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateUserResponse { user: Some(user.into()) }))
     }
 
@@ -77,6 +78,7 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::UpdateUserRequest { user, update_mask } = request.into_inner();
         let user = user.ok_or_else(|| to_status(Error::invalid("user", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
@@ -104,7 +106,7 @@ impl user_service_server::UserService for UserService {
                 }
             }
         }
-        let user = self.domain.update_user(&caller, user.id, patch).await.map_err(to_status)?;
+        let user = self.domain.update_user(&ctx, &caller, user.id, patch).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateUserResponse { user: Some(user.into()) }))
     }
 
@@ -114,10 +116,11 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::ChangePasswordRequest { current_password, new_password } = request.into_inner();
         let revoked = self
             .domain
-            .change_password(&caller, &current_password, &new_password)
+            .change_password(&ctx, &caller, &current_password, &new_password)
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::ChangePasswordResponse { revoked_sessions: revoked as i64 }))
@@ -129,8 +132,10 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::SetPasswordRequest { user_id, new_password } = request.into_inner();
-        let revoked = self.domain.set_password(&caller, user_id, &new_password).await.map_err(to_status)?;
+        let revoked =
+            self.domain.set_password(&ctx, &caller, user_id, &new_password).await.map_err(to_status)?;
         Ok(Response::new(pb::SetPasswordResponse { revoked_sessions: revoked as i64 }))
     }
 
@@ -155,8 +160,9 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::ConfirmTotpRequest { code } = request.into_inner();
-        let codes = self.domain.confirm_totp(&caller, &code).await.map_err(to_status)?;
+        let codes = self.domain.confirm_totp(&ctx, &caller, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::ConfirmTotpResponse { recovery_codes: convert::exposed(&codes) }))
     }
 
@@ -177,8 +183,9 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ConfirmEmailMfaRequest>,
     ) -> Result<Response<pb::ConfirmEmailMfaResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::ConfirmEmailMfaRequest { code } = request.into_inner();
-        let codes = self.domain.confirm_email_mfa(&caller, &code).await.map_err(to_status)?;
+        let codes = self.domain.confirm_email_mfa(&ctx, &caller, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::ConfirmEmailMfaResponse { recovery_codes: convert::exposed(&codes) }))
     }
 
@@ -188,9 +195,10 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::DisableMfaRequest>,
     ) -> Result<Response<pb::DisableMfaResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::DisableMfaRequest { password, code, method } = request.into_inner();
         let method = convert::mfa_method_from(method, "method").map_err(to_status)?;
-        self.domain.disable_mfa(&caller, &password, method, &code).await.map_err(to_status)?;
+        self.domain.disable_mfa(&ctx, &caller, &password, method, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::DisableMfaResponse {}))
     }
 
@@ -200,8 +208,9 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::RegenerateRecoveryCodesRequest {} = request.into_inner();
-        let codes = self.domain.regenerate_recovery_codes(&caller).await.map_err(to_status)?;
+        let codes = self.domain.regenerate_recovery_codes(&ctx, &caller).await.map_err(to_status)?;
         Ok(Response::new(pb::RegenerateRecoveryCodesResponse { recovery_codes: convert::exposed(&codes) }))
     }
 
@@ -211,8 +220,9 @@ impl user_service_server::UserService for UserService {
         request: Request<pb::ResetMfaRequest>,
     ) -> Result<Response<pb::ResetMfaResponse>, Status> {
         let caller = caller(&self.domain, request.metadata()).await?;
+        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
         let pb::ResetMfaRequest { user_id } = request.into_inner();
-        let revoked = self.domain.reset_mfa(&caller, user_id).await.map_err(to_status)?;
+        let revoked = self.domain.reset_mfa(&ctx, &caller, user_id).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetMfaResponse { revoked_sessions: revoked as i64 }))
     }
 }

@@ -23,6 +23,8 @@ pub mod users {
         pub mfa_totp: bool,
         pub mfa_email: bool,
         pub failed_attempts: i32,
+        pub locked_until: Option<DateTimeUtc>,
+        pub lockouts: i32,
     }
 
     /// Relations of `users`.
@@ -205,6 +207,35 @@ pub mod recovery_codes {
         pub user_id: i64,
         pub code_hash: Vec<u8>,
         pub used_at: Option<DateTimeUtc>,
+    }
+
+    /// No relations are navigated.
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod audit_events {
+    //! The `audit_events` table: append-only.
+    use sea_orm::entity::prelude::*;
+
+    /// A row of `audit_events`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub at: DateTimeUtc,
+        pub action: String,
+        pub outcome: String,
+        pub actor: String,
+        pub subject: String,
+        pub client_ip: String,
+        pub user_agent: String,
+        pub request_id: String,
+        pub detail: String,
+        pub count: i64,
     }
 
     /// No relations are navigated.

@@ -3,15 +3,15 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
 
 use super::{
-    Store, conflict_or_unavailable,
+    Store, audit, conflict_or_unavailable,
     entity::{api_keys, users},
     unavailable,
 };
-use crate::domain::{ApiKey, Error, KeyEnvironment, Result, User, token::TokenHash};
+use crate::domain::{ApiKey, AuditEvent, Error, KeyEnvironment, Result, User, token::TokenHash};
 
 /// A key to insert.
 pub struct NewKey {
@@ -88,8 +88,17 @@ fn active_model(new: NewKey) -> api_keys::ActiveModel {
 
 impl Store {
     /// Inserts a key.
-    pub async fn insert_key(&self, new: NewKey) -> Result<ApiKey> {
-        active_model(new).insert(&self.db).await.map_err(conflict_or_unavailable("api key"))?.try_into()
+    pub async fn insert_key(
+        &self,
+        new: NewKey,
+        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
+    ) -> Result<ApiKey> {
+        let txn = self.begin().await?;
+        let key: ApiKey =
+            active_model(new).insert(&txn).await.map_err(conflict_or_unavailable("api key"))?.try_into()?;
+        audit::write(&txn, &audit(&key)).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(key)
     }
 
     /// The key with `id`.
@@ -134,9 +143,10 @@ impl Store {
         id: i64,
         name: Option<String>,
         scopes: Option<Vec<String>>,
+        events: &[AuditEvent],
     ) -> Result<Option<ApiKey>> {
-        let Some(existing) = api_keys::Entity::find_by_id(id).one(&self.db).await.map_err(unavailable)?
-        else {
+        let txn = self.begin().await?;
+        let Some(existing) = api_keys::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let mut model: api_keys::ActiveModel = existing.into();
@@ -146,11 +156,15 @@ impl Store {
         if let Some(scopes) = scopes {
             model.scopes = Set(scopes.join(" "));
         }
-        Ok(Some(model.update(&self.db).await.map_err(unavailable)?.try_into()?))
+        let updated = model.update(&txn).await.map_err(unavailable)?.try_into()?;
+        audit::write(&txn, events).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some(updated))
     }
 
     /// Makes key `id` stop working at `at`, unless it already stops earlier.
-    pub async fn revoke_key(&self, id: i64, at: DateTime<Utc>) -> Result<()> {
+    pub async fn revoke_key(&self, id: i64, at: DateTime<Utc>, events: &[AuditEvent]) -> Result<()> {
+        let txn = self.begin().await?;
         api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(at)))
             .filter(api_keys::Column::Id.eq(id))
@@ -159,10 +173,11 @@ impl Store {
                     .add(api_keys::Column::RevokedAt.is_null())
                     .add(api_keys::Column::RevokedAt.gt(at)),
             )
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        audit::write(&txn, events).await?;
+        txn.commit().await.map_err(unavailable)
     }
 
     /// Inserts the replacement of key `old_id` and makes the old key stop at
@@ -174,8 +189,9 @@ impl Store {
         old_stops_at: DateTime<Utc>,
         now: DateTime<Utc>,
         new: NewKey,
+        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
     ) -> Result<Option<(ApiKey, ApiKey)>> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         let retired = api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(old_stops_at)))
             .filter(api_keys::Column::Id.eq(old_id))
@@ -198,6 +214,7 @@ impl Store {
             .map_err(unavailable)?
             .ok_or_else(|| Error::Internal("rotated key vanished".into()))?
             .try_into()?;
+        audit::write(&txn, &audit(&created)).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some((created, old)))
     }

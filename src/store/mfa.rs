@@ -7,17 +7,16 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
     sea_query::{Expr, ExprTrait as _},
 };
 
 use super::{
-    Store,
+    Store, audit,
     entity::{mfa_codes, recovery_codes, sessions, totp_secrets, users},
     sessions::revoke_user_sessions_in,
     unavailable,
 };
-use crate::domain::{Result, SessionState};
+use crate::domain::{AuditEvent, Result, SessionState};
 
 /// Most code attempts, per pending login and per emailed code.
 pub const MAX_CODE_ATTEMPTS: i32 = 5;
@@ -62,7 +61,7 @@ impl Store {
     /// Stores a new, unconfirmed TOTP secret, replacing an unconfirmed one.
     /// Returns `false` when TOTP is already confirmed.
     pub async fn begin_totp(&self, user_id: i64, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
             .filter(totp_secrets::Column::UserId.eq(user_id))
             .filter(totp_secrets::Column::Confirmed.eq(false))
@@ -123,8 +122,9 @@ impl Store {
         recovery: Option<&[[u8; 32]]>,
         keep: Option<i64>,
         now: DateTime<Utc>,
+        events: &[AuditEvent],
     ) -> Result<bool> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         let confirmed = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::Confirmed, Expr::value(true))
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
@@ -141,6 +141,7 @@ impl Store {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
         revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(true)
     }
@@ -153,21 +154,29 @@ impl Store {
         recovery: Option<&[[u8; 32]]>,
         keep: Option<i64>,
         now: DateTime<Utc>,
+        events: &[AuditEvent],
     ) -> Result<()> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         set_flag(&txn, user_id, users::Column::MfaEmail, true, now).await?;
         if let Some(recovery) = recovery {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
         revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)
     }
 
     /// Turns every second factor off, deletes secrets and codes, and revokes
     /// the user's sessions but `keep`, in one transaction. Returns how many
     /// sessions were revoked.
-    pub async fn disable_mfa(&self, user_id: i64, keep: Option<i64>, now: DateTime<Utc>) -> Result<u64> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+    pub async fn disable_mfa(
+        &self,
+        user_id: i64,
+        keep: Option<i64>,
+        now: DateTime<Utc>,
+        events: &[AuditEvent],
+    ) -> Result<u64> {
+        let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
             .filter(totp_secrets::Column::UserId.eq(user_id))
             .exec(&txn)
@@ -186,14 +195,21 @@ impl Store {
         set_flag(&txn, user_id, users::Column::MfaTotp, false, now).await?;
         set_flag(&txn, user_id, users::Column::MfaEmail, false, now).await?;
         let revoked = revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(revoked)
     }
 
     /// Replaces the user's recovery codes with `digests`.
-    pub async fn replace_recovery_codes(&self, user_id: i64, digests: &[[u8; 32]]) -> Result<()> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+    pub async fn replace_recovery_codes(
+        &self,
+        user_id: i64,
+        digests: &[[u8; 32]],
+        events: &[AuditEvent],
+    ) -> Result<()> {
+        let txn = self.begin().await?;
         replace_recovery_in(&txn, user_id, digests).await?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)
     }
 
@@ -236,7 +252,7 @@ impl Store {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         mfa_codes::Entity::delete_many()
             .filter(code_scope(user_id, session_id, purpose))
             .exec(&txn)
@@ -329,39 +345,6 @@ impl Store {
             .await
             .map_err(unavailable)?;
         Ok(result.rows_affected == 1)
-    }
-
-    /// Counts a failed attempt (wrong password or code) against the account:
-    /// the one counter lockout reads.
-    pub async fn record_failure(&self, user_id: i64) -> Result<()> {
-        users::Entity::update_many()
-            .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
-            .filter(users::Column::Id.eq(user_id))
-            .exec(&self.db)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Clears the failed-attempt count after a successful login.
-    pub async fn reset_failures(&self, user_id: i64) -> Result<()> {
-        users::Entity::update_many()
-            .col_expr(users::Column::FailedAttempts, Expr::value(0))
-            .filter(users::Column::Id.eq(user_id))
-            .filter(users::Column::FailedAttempts.gt(0))
-            .exec(&self.db)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// The account's failed-attempt count.
-    pub async fn failed_attempts(&self, user_id: i64) -> Result<i32> {
-        Ok(users::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
-            .map_or(0, |user| user.failed_attempts))
     }
 }
 

@@ -4,8 +4,10 @@
 //! (or `AlreadyExists` for a unique-key clash), so a fault is never read as
 //! "valid".
 
+mod audit;
 mod entity;
 mod keys;
+mod limits;
 mod mfa;
 mod sessions;
 mod users;
@@ -18,6 +20,7 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbE
 use crate::domain::Error;
 
 pub use keys::NewKey;
+pub use limits::LockPolicy;
 pub use mfa::{CodePurpose, MAX_CODE_ATTEMPTS};
 pub use sessions::{NewSession, Rotation, SessionMatch};
 pub use users::NewUser;
@@ -64,6 +67,20 @@ impl Store {
     /// `Unavailable` when it does not.
     pub async fn ping(&self) -> Result<(), Error> {
         self.db.ping().await.map_err(unavailable)
+    }
+
+    /// Starts a write transaction. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so concurrent writers wait their turn (up to the
+    /// busy timeout) instead of failing when one upgrades a read to a write.
+    pub(crate) async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, Error> {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait as _};
+        self.db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+            .map_err(unavailable)
     }
 
     /// Closes the pool.

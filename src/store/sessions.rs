@@ -7,11 +7,13 @@ use sea_orm::{
 };
 
 use super::{
-    Store, conflict_or_unavailable,
+    Store, audit, conflict_or_unavailable,
     entity::{sessions, users},
     unavailable,
 };
-use crate::domain::{AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash};
+use crate::domain::{
+    AuditEvent, AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash,
+};
 
 /// A session to insert.
 pub struct NewSession {
@@ -107,8 +109,13 @@ impl TryFrom<sessions::Model> for Session {
 
 impl Store {
     /// Inserts a session.
-    pub async fn insert_session(&self, new: NewSession) -> Result<Session> {
-        sessions::ActiveModel {
+    pub async fn insert_session(
+        &self,
+        new: NewSession,
+        audit: impl FnOnce(&Session) -> Vec<AuditEvent>,
+    ) -> Result<Session> {
+        let txn = self.begin().await?;
+        let session: Session = sessions::ActiveModel {
             user_id: Set(new.user_id),
             token_hash: Set(new.token_hash.0.to_vec()),
             previous_token_hash: Set(None),
@@ -128,10 +135,13 @@ impl Store {
             mfa_attempts: Set(0),
             ..Default::default()
         }
-        .insert(&self.db)
+        .insert(&txn)
         .await
         .map_err(conflict_or_unavailable("session"))?
-        .try_into()
+        .try_into()?;
+        audit::write(&txn, &audit(&session)).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(session)
     }
 
     /// The session whose current or previous token hash is `hash`, with its
@@ -169,7 +179,8 @@ impl Store {
 
     /// Applies a rotation if the session's current token is still the one
     /// expected (compare-and-set). Returns whether it was applied.
-    pub async fn rotate_session(&self, rotation: Rotation) -> Result<bool> {
+    pub async fn rotate_session(&self, rotation: Rotation, events: &[AuditEvent]) -> Result<bool> {
+        let txn = self.begin().await?;
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::TokenHash, Expr::value(rotation.new_hash.0.to_vec()))
             .col_expr(
@@ -181,10 +192,15 @@ impl Store {
             .filter(sessions::Column::Id.eq(rotation.session_id))
             .filter(sessions::Column::TokenHash.eq(rotation.expected.0.to_vec()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(unavailable)?;
-        Ok(result.rows_affected == 1)
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        audit::write(&txn, events).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(true)
     }
 
     /// The session with `id`.
@@ -199,9 +215,18 @@ impl Store {
 
     /// Revokes session `id` (no-op when already revoked). Returns whether a
     /// row was changed.
-    pub async fn revoke_session(&self, id: i64, reason: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub async fn revoke_session(
+        &self,
+        id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+        events: &[AuditEvent],
+    ) -> Result<bool> {
+        let txn = self.begin().await?;
         let result =
-            revoke_where(&self.db, Condition::all().add(sessions::Column::Id.eq(id)), reason, now).await?;
+            revoke_where(&txn, Condition::all().add(sessions::Column::Id.eq(id)), reason, now).await?;
+        audit::write(&txn, events).await?;
+        txn.commit().await.map_err(unavailable)?;
         Ok(result > 0)
     }
 
@@ -212,8 +237,13 @@ impl Store {
         keep: Option<i64>,
         reason: &str,
         now: DateTime<Utc>,
+        events: &[AuditEvent],
     ) -> Result<u64> {
-        revoke_user_sessions_in(&self.db, user_id, keep, reason, now).await
+        let txn = self.begin().await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, keep, reason, now).await?;
+        audit::write(&txn, events).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(revoked)
     }
 
     /// Active, unexpired sessions of `user_id`, newest first, before `before`.

@@ -3,11 +3,12 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 
-use super::{Store, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable};
-use crate::domain::{Email, Error, MfaState, Result, Role, User, UserKind, UserPatch};
+use super::{
+    Store, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
+};
+use crate::domain::{AuditEvent, Email, Error, MfaState, Result, Role, User, UserKind, UserPatch};
 
 /// A user to insert.
 pub struct NewUser {
@@ -42,6 +43,8 @@ impl TryFrom<users::Model> for User {
             mfa_totp,
             mfa_email,
             failed_attempts: _,
+            locked_until: _,
+            lockouts: _,
         } = model;
         Ok(User {
             id,
@@ -62,7 +65,12 @@ impl Store {
     ///
     /// # Errors
     /// `AlreadyExists("user")` when the email is taken.
-    pub async fn insert_user(&self, new: NewUser) -> Result<User> {
+    pub async fn insert_user(
+        &self,
+        new: NewUser,
+        audit: impl FnOnce(&User) -> Vec<AuditEvent>,
+    ) -> Result<User> {
+        let txn = self.begin().await?;
         let model = users::ActiveModel {
             email: Set(new.email.as_str().to_owned()),
             password_hash: Set(new.password_hash),
@@ -71,16 +79,21 @@ impl Store {
             mfa_totp: Set(false),
             mfa_email: Set(false),
             failed_attempts: Set(0),
+            locked_until: Set(None),
+            lockouts: Set(0),
             disabled: Set(false),
             session_lifetime_secs: Set(new.session_lifetime.map(|d| d.num_seconds())),
             created_at: Set(new.now),
             updated_at: Set(new.now),
             ..Default::default()
         }
-        .insert(&self.db)
+        .insert(&txn)
         .await
         .map_err(conflict_or_unavailable("user"))?;
-        model.try_into()
+        let user: User = model.try_into()?;
+        audit::write(&txn, &audit(&user)).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(user)
     }
 
     /// The user with `id`.
@@ -127,8 +140,14 @@ impl Store {
 
     /// Applies `patch` to user `id`; disabling also revokes its sessions, in
     /// the same transaction.
-    pub async fn update_user(&self, id: i64, patch: &UserPatch, now: DateTime<Utc>) -> Result<Option<User>> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+    pub async fn update_user(
+        &self,
+        id: i64,
+        patch: &UserPatch,
+        now: DateTime<Utc>,
+        events: &[AuditEvent],
+    ) -> Result<Option<User>> {
+        let txn = self.begin().await?;
         let Some(existing) = users::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
             return Ok(None);
         };
@@ -147,6 +166,7 @@ impl Store {
         }
         model.updated_at = Set(now);
         let updated = model.update(&txn).await.map_err(unavailable)?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(updated.try_into()?))
     }
@@ -171,8 +191,9 @@ impl Store {
         hash: String,
         keep: Option<i64>,
         now: DateTime<Utc>,
+        events: &[AuditEvent],
     ) -> Result<Option<u64>> {
-        let txn = self.db.begin().await.map_err(unavailable)?;
+        let txn = self.begin().await?;
         let updated = users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
             .col_expr(users::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
@@ -184,6 +205,7 @@ impl Store {
             return Ok(None);
         }
         let revoked = revoke_user_sessions_in(&txn, id, keep, "password_changed", now).await?;
+        audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(revoked))
     }

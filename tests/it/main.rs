@@ -8,9 +8,13 @@ mod support;
 
 mod authz;
 mod bad_input;
+mod envoy;
 mod grpcurl;
+mod http;
 mod keys;
 mod mfa;
+mod observability;
 mod operations;
 mod sessions;
 mod smtp;
+mod tls;

@@ -146,6 +146,11 @@ pub fn test_config(db: &TestDb) -> Config {
         // PostgreSQL needs the key configured; SQLite makes a key file
         // beside its database (in the test's temporary folder).
         mfa_key: if db.postgres.is_some() { TEST_MFA_KEY.into() } else { String::new() },
+        // Tests log in many times from one address; the abuse tests turn
+        // the limits on where they test them.
+        rate_limit_ip: 0,
+        rate_limit_account: 0,
+        rate_limit_pair: 0,
         ..Config::default()
     }
 }
@@ -157,6 +162,8 @@ pub struct TestApp {
     pub domain: Arc<Domain>,
     pub config: Config,
     pub db: TestDb,
+    /// The metrics endpoint, when `metrics_addr` is set (e.g. to port 0).
+    pub metrics_addr: Option<SocketAddr>,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
@@ -179,7 +186,8 @@ impl TestApp {
     /// Starts on an existing database with `config` and `clock`.
     pub async fn start_on(db: TestDb, config: Config, clock: ManualClock) -> Self {
         capture_logs();
-        let app = App::build(config.clone(), Arc::new(clock.clone())).await.expect("build app");
+        let mut app = App::build(config.clone(), Arc::new(clock.clone())).await.expect("build app");
+        let metrics_addr = app.bind_metrics().await.expect("bind metrics_addr");
         let domain = Arc::clone(app.domain());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -188,7 +196,17 @@ impl TestApp {
             let _ = rx.await;
         }));
         let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-        Self { addr, clock, domain, config, db, channel, shutdown: Some(tx), server: Some(server) }
+        Self {
+            addr,
+            clock,
+            domain,
+            config,
+            db,
+            metrics_addr,
+            channel,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
     }
 
     /// Stops the server and starts a new one on the same database (and the
@@ -232,13 +250,16 @@ impl TestApp {
     /// Creates a user directly through the rules (as the CLI does).
     pub async fn create_user(&self, email: &str, password: &str, role: Role) -> i64 {
         self.domain
-            .create_user_unchecked(NewUserInput {
-                email: email.into(),
-                password: password.into(),
-                role,
-                kind: portcullis::domain::UserKind::Human,
-                session_lifetime: None,
-            })
+            .create_user_unchecked(
+                &portcullis::domain::Ctx::system(),
+                NewUserInput {
+                    email: email.into(),
+                    password: password.into(),
+                    role,
+                    kind: portcullis::domain::UserKind::Human,
+                    session_lifetime: None,
+                },
+            )
             .await
             .unwrap()
             .id

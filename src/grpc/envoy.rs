@@ -1,0 +1,326 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's (and Istio's)
+//! external authorization, on the gRPC port.
+//!
+//! The credential is taken from the HTTP request Envoy describes (headers,
+//! the session cookie, the token query parameter in the path) by the same
+//! code as `ValidateToken`'s `http` form, and validated by the same rule.
+//! Required scopes come from the route's `context_extensions`
+//! (`required_scopes: "assets:read, assets:write"`).
+//!
+//! - Allowed: OK, with identity headers for the upstream (user id, role,
+//!   scopes, session or key id; names configurable) that overwrite any the
+//!   client sent, the identity headers that do not apply removed, and the
+//!   request id kept.
+//! - Denied: the HTTP status of the error table (401, 403, 429; 400 for bad
+//!   input, 503 when the database does not answer), the S4E JSON body
+//!   `{"status":"error","error":{"code":…,"message":…}}`, and
+//!   `www-authenticate` on 401.
+//!
+//! A `CheckRequest` is never logged whole: it carries the credential.
+
+use std::{collections::HashMap, sync::Arc};
+
+use envoy_types::{
+    ext_authz::v3::pb::{
+        Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue,
+        HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    },
+    pb::{envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc},
+};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt as _;
+
+use super::to_status;
+use crate::{
+    domain::{AuthFailure, CredentialId, Domain, Error, Principal, credential},
+    request,
+};
+
+/// Descriptors of `envoy.service.auth.v3` and its imports, for server
+/// reflection (made by `scripts/envoy-descriptor` from the envoy-types
+/// crate's protos).
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("envoy_ext_authz.binpb");
+
+/// The `context_extensions` key that lists a route's required scopes.
+pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
+
+/// The header naming a request, kept from the HTTP request.
+const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Names of the headers an allowed request gets for its upstream.
+#[derive(Clone, Debug)]
+pub struct IdentityHeaders {
+    /// The user's id.
+    pub user_id: String,
+    /// The user's role (`admin`, `user`).
+    pub role: String,
+    /// The credential's scopes, space-separated.
+    pub scopes: String,
+    /// The session id, for a session token.
+    pub session_id: String,
+    /// The key id, for an API key.
+    pub key_id: String,
+}
+
+/// The external authorization service.
+#[derive(Clone)]
+pub struct EnvoyAuthorization {
+    domain: Arc<Domain>,
+    headers: Arc<IdentityHeaders>,
+}
+
+impl EnvoyAuthorization {
+    /// Authorizes with the rules in `domain`, naming upstream headers as
+    /// `headers` says.
+    #[must_use]
+    pub fn new(domain: Arc<Domain>, headers: IdentityHeaders) -> Self {
+        Self { domain, headers: Arc::new(headers) }
+    }
+
+    /// The principal behind the credential in `http`, if it holds `required`.
+    async fn authorize(&self, http: &HttpRequest, required: &[String]) -> Result<Principal, Error> {
+        let mut headers: Vec<(&str, &str)> =
+            http.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        // With `encode_raw_headers`, Envoy sends every header line apart
+        // (a repeated header twice) in `header_map` instead.
+        if let Some(map) = &http.header_map {
+            headers.extend(map.headers.iter().filter_map(|header| {
+                let value = if header.raw_value.is_empty() {
+                    header.value.as_str()
+                } else {
+                    std::str::from_utf8(&header.raw_value).ok()?
+                };
+                Some((header.key.as_str(), value))
+            }));
+        }
+        // `path` is the request target, query included; `query` is empty
+        // from Envoy but may be set by other callers.
+        let target = http.path.split_once('#').map_or(http.path.as_str(), |(before, _)| before);
+        let query = target.split_once('?').map_or(http.query.as_str(), |(_, query)| query);
+        let token = credential::find(self.domain.credential_sources(), headers, query)?;
+        self.domain.validate_token(&token, required).await
+    }
+
+    /// The OK answer: identity headers for the upstream.
+    fn allow(&self, principal: &Principal, request_id: Option<&str>) -> CheckResponse {
+        let names = &self.headers;
+        let mut set = vec![
+            (names.user_id.as_str(), principal.user_id.to_string()),
+            (names.role.as_str(), principal.role.as_str().to_owned()),
+            (names.scopes.as_str(), principal.scopes.join(" ")),
+        ];
+        let mut remove = Vec::new();
+        match principal.credential {
+            CredentialId::Session(id) => {
+                set.push((names.session_id.as_str(), id.to_string()));
+                remove.push(names.key_id.clone());
+            }
+            CredentialId::ApiKey(id) => {
+                set.push((names.key_id.as_str(), id.to_string()));
+                remove.push(names.session_id.clone());
+            }
+        }
+        if let Some(id) = request_id {
+            set.push((REQUEST_ID_HEADER, id.to_owned()));
+        }
+        // Envoy skips a header with an empty value (no scopes), which would
+        // leave one the client sent in place: remove those instead.
+        let (empty, set): (Vec<_>, Vec<_>) = set.into_iter().partition(|(_, value)| value.is_empty());
+        remove.extend(empty.into_iter().map(|(name, _)| name.to_owned()));
+        let ok = OkHttpResponse {
+            headers: set.into_iter().map(|(name, value)| overwrite(name, value)).collect(),
+            headers_to_remove: remove,
+            ..OkHttpResponse::default()
+        };
+        CheckResponse {
+            status: Some(rpc::Status { code: Code::Ok as i32, message: String::new(), details: vec![] }),
+            http_response: Some(HttpResponse::OkResponse(ok)),
+            dynamic_metadata: None,
+        }
+    }
+}
+
+/// A header that replaces any of the same name the client sent.
+fn overwrite(name: &str, value: String) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_owned(), value, raw_value: vec![] }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+/// The denial for `err`: the same status `ValidateToken` would answer, as an
+/// HTTP response with the S4E error body.
+fn deny(err: Error, request_id: Option<&str>) -> (CheckResponse, String) {
+    let missing = matches!(err, Error::Unauthenticated(AuthFailure::Missing));
+    let status = to_status(err);
+    let http_status: u16 = match status.code() {
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::InvalidArgument => 400,
+        Code::Unavailable => 503,
+        _ => 500,
+    };
+    let reason = status
+        .get_details_error_info()
+        .map_or_else(|| request::code_name(status.code()).to_owned(), |info| info.reason);
+    let body = serde_json::json!({
+        "status": "error",
+        "error": { "code": reason.to_ascii_lowercase(), "message": status.message() },
+    });
+    let mut headers = vec![overwrite("content-type", "application/json".to_owned())];
+    if http_status == 401 {
+        // RFC 6750: no error code when no credential was sent at all.
+        let challenge = if missing {
+            r#"Bearer realm="portcullis""#
+        } else {
+            r#"Bearer realm="portcullis", error="invalid_token""#
+        };
+        headers.push(overwrite("www-authenticate", challenge.to_owned()));
+    }
+    if let Some(retry_after) = status.metadata().get("retry-after").and_then(|v| v.to_str().ok()) {
+        headers.push(overwrite("retry-after", retry_after.to_owned()));
+    }
+    if let Some(id) = request_id {
+        headers.push(overwrite(REQUEST_ID_HEADER, id.to_owned()));
+    }
+    let denied = DeniedHttpResponse {
+        status: Some(HttpStatus { code: i32::from(http_status) }),
+        headers,
+        body: body.to_string(),
+    };
+    let response = CheckResponse {
+        status: Some(rpc::Status {
+            code: status.code() as i32,
+            message: status.message().to_owned(),
+            details: vec![],
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(denied)),
+        dynamic_metadata: None,
+    };
+    (response, reason)
+}
+
+/// The scopes a route requires: `required_scopes`, comma- or
+/// space-separated.
+fn required_scopes(extensions: &HashMap<String, String>) -> Vec<String> {
+    extensions
+        .get(REQUIRED_SCOPES_KEY)
+        .map(|list| {
+            list.split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|scope| !scope.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Authorization for EnvoyAuthorization {
+    #[tracing::instrument(name = "envoy_check", skip_all)]
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let CheckRequest { attributes } = request.into_inner();
+        let (http, extensions) = match attributes {
+            Some(attributes) => (attributes.request.and_then(|r| r.http), attributes.context_extensions),
+            None => (None, HashMap::new()),
+        };
+        let Some(http) = http else {
+            let request_id = request::adopt_request_id(None);
+            tracing::info!("ext_authz check without HTTP attributes refused");
+            let (response, _) = deny(
+                Error::invalid(
+                    "attributes.request.http",
+                    "the CheckRequest describes no HTTP request; use the HTTP ext_authz filter",
+                ),
+                request_id.as_deref(),
+            );
+            return Ok(Response::new(response));
+        };
+        let offered_id = http
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .map(String::as_str)
+            .or_else(|| (!http.id.is_empty()).then_some(http.id.as_str()));
+        let request_id = request::adopt_request_id(offered_id);
+        let required = required_scopes(&extensions);
+        let (response, result) = match self.authorize(&http, &required).await {
+            Ok(principal) => (self.allow(&principal, request_id.as_deref()), "VALID".to_owned()),
+            Err(err) => deny(err, request_id.as_deref()),
+        };
+        request::with_metrics(|metrics| metrics.record_validation("envoy_check", &result));
+        tracing::debug!(result = %result, method = %http.method, "ext_authz check");
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_split_on_commas_and_spaces() {
+        let extensions = HashMap::from([(
+            REQUIRED_SCOPES_KEY.to_owned(),
+            " assets:read,assets:write  billing:read ,".to_owned(),
+        )]);
+        assert_eq!(required_scopes(&extensions), ["assets:read", "assets:write", "billing:read"]);
+        assert!(required_scopes(&HashMap::new()).is_empty());
+    }
+
+    #[test]
+    fn denials_carry_the_s4e_body_and_status() {
+        let (response, reason) = deny(AuthFailure::Missing.into(), Some("req-1"));
+        assert_eq!(reason, "UNAUTHORIZED");
+        assert_eq!(response.status.unwrap().code, Code::Unauthenticated as i32);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
+        assert_eq!(denied.status.unwrap().code, 401);
+        let body: serde_json::Value = serde_json::from_str(&denied.body).unwrap();
+        assert_eq!(body["status"], "error");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let header = |name: &str| {
+            denied
+                .headers
+                .iter()
+                .find_map(|h| h.header.as_ref().filter(|h| h.key == name).map(|h| h.value.clone()))
+        };
+        assert_eq!(header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(header("www-authenticate").as_deref(), Some(r#"Bearer realm="portcullis""#));
+        assert_eq!(header("x-request-id").as_deref(), Some("req-1"));
+
+        let (response, _) = deny(Error::missing_scope("assets:read"), None);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
+        assert_eq!(denied.status.unwrap().code, 403);
+        assert!(denied.body.contains("\"forbidden\""), "{}", denied.body);
+        assert!(denied.headers.iter().all(|h| h.header.as_ref().unwrap().key != "www-authenticate"));
+
+        let (response, _) =
+            deny(Error::Overloaded { what: "x", retry_after: std::time::Duration::from_secs(3) }, None);
+        let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };
+        assert_eq!(denied.status.unwrap().code, 429);
+        assert!(denied.body.contains("\"rate_limited\""), "{}", denied.body);
+        assert!(denied.headers.iter().any(|h| h.header.as_ref().unwrap().key == "retry-after"));
+    }
+
+    #[test]
+    fn the_descriptor_set_is_complete() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let names: std::collections::HashSet<_> = set.file.iter().filter_map(|f| f.name.as_deref()).collect();
+        for file in &set.file {
+            for dependency in &file.dependency {
+                assert!(names.contains(dependency.as_str()), "{dependency} is missing");
+            }
+        }
+        let service = set
+            .file
+            .iter()
+            .filter(|f| f.package.as_deref() == Some("envoy.service.auth.v3"))
+            .flat_map(|f| &f.service)
+            .find(|s| s.name.as_deref() == Some("Authorization"))
+            .expect("Authorization service");
+        let check = service.method.iter().find(|m| m.name.as_deref() == Some("Check")).unwrap();
+        assert_eq!(check.input_type.as_deref(), Some(".envoy.service.auth.v3.CheckRequest"));
+        assert_eq!(check.output_type.as_deref(), Some(".envoy.service.auth.v3.CheckResponse"));
+    }
+}
