@@ -291,7 +291,9 @@ fn limit_settings(config: &Config) -> anyhow::Result<LimitSettings> {
 
 /// Reports NOT_SERVING while the database does not answer.
 async fn probe_database(domain: Arc<Domain>, health: HealthReporter, every: Duration) {
-    let services = ["", "portcullis.v1.AuthService", "portcullis.v1.UserService"];
+    // Envoy can health-check its ext_authz cluster by the service's name.
+    let services =
+        ["", "portcullis.v1.AuthService", "portcullis.v1.UserService", "envoy.service.auth.v3.Authorization"];
     let mut last = None;
     let mut interval = tokio::time::interval(every);
     loop {

@@ -74,8 +74,8 @@ pub struct Config {
     /// Peers (CIDR ranges) whose `client.ip` is believed, e.g. the API
     /// gateway. Callers authenticated with an API key are trusted too.
     pub trusted_peers: Vec<ipnet::IpNet>,
-    /// Attempts per client IP per `rate_limit_ip_window` on Login, VerifyMfa,
-    /// SendMfaCode and RefreshSession (0 turns the limit off).
+    /// Attempts per client IP per `rate_limit_ip_window` on `Login`, `VerifyMfa`,
+    /// `SendMfaCode` and `RefreshSession` (0 turns the limit off).
     pub rate_limit_ip: u32,
     /// The per-IP window.
     #[serde(with = "humantime_serde")]

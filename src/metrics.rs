@@ -148,8 +148,11 @@ impl Metrics {
 
     /// Records one token validation: `result` is `valid` or an error reason.
     pub fn record_validation(&self, source: &'static str, result: &str) {
-        let result = bounded_label(result, |b| b.is_ascii_uppercase() || b == b'_', "OTHER");
-        let result = if result == "VALID" { "valid".to_owned() } else { result };
+        let result = if result.eq_ignore_ascii_case("valid") {
+            "valid".to_owned()
+        } else {
+            bounded_label(result, |b| b.is_ascii_uppercase() || b == b'_', "OTHER")
+        };
         self.validations.get_or_create(&ValidationLabels { source, result }).inc();
     }
 

@@ -514,7 +514,7 @@ mod tests {
         };
         assert_eq!(client_timeout(&headers("100m")), Some(Duration::from_millis(100)));
         assert_eq!(client_timeout(&headers("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(client_timeout(&headers("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(client_timeout(&headers("2H")), Some(Duration::from_hours(2)));
         assert_eq!(client_timeout(&headers("5x")), None);
         assert_eq!(client_timeout(&headers("m")), None);
         assert_eq!(client_timeout(&headers("1234567890S")), None);

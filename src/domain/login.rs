@@ -170,7 +170,7 @@ impl Domain {
                 self.note_ip_failure(ctx).await?;
                 match failed {
                     Some(user) if reserved => {
-                        self.record_failure(ctx, &user, Action::LoginFailed, reason).await?
+                        self.record_failure(ctx, &user, Action::LoginFailed, reason).await?;
                     }
                     Some(user) => {
                         let event = ctx.event(

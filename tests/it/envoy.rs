@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::{
     db_tests,
-    http::{HttpResponse as Reply, Upstream, poll, request, try_request},
+    http::{HttpResponse as Reply, Upstream, hex, poll, request, try_request},
     keys::create_key,
     support::{Backend, TestApp, USER_PASSWORD, captured_logs},
 };
@@ -85,11 +85,11 @@ impl Envoy {
 
         // Ready when the admin address is written, /ready says LIVE, and the
         // listener has its port.
-        let admin: SocketAddr = poll(&failed("Envoy's admin address"), Duration::from_secs(60), || async {
+        let admin: SocketAddr = poll(&failed("Envoy's admin address"), Duration::from_mins(1), || async {
             std::fs::read_to_string(&admin_path).ok().and_then(|text| text.trim().parse().ok())
         })
         .await;
-        poll(&failed("Envoy to be LIVE"), Duration::from_secs(60), || async {
+        poll(&failed("Envoy to be LIVE"), Duration::from_mins(1), || async {
             let reply = try_request(admin, "GET", "/ready", &[]).await.ok()?;
             (reply.status == 200 && reply.body.trim() == "LIVE").then_some(())
         })
@@ -118,8 +118,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn unique(prefix: &str) -> String {
-    let suffix: String = random_bytes::<6>().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{suffix}")
+    format!("{prefix}-{}", hex(&random_bytes::<6>()))
 }
 
 /// The S4E error body of a denial, checked for shape.
@@ -293,4 +292,15 @@ async fn grpcurl_calls_check_through_reflection() {
     assert_eq!(response["deniedResponse"]["status"]["code"], "Unauthorized", "{response}");
     assert!(stdout.contains("grpcurl-check-1"), "the request id is kept: {stdout}");
     app.stop().await;
+}
+
+#[test]
+fn the_readme_shows_the_envoy_config_the_test_runs() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("deploy/envoy.yaml")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("```yaml\n{config}```")),
+        "README's Service mesh section must show deploy/envoy.yaml verbatim"
+    );
 }

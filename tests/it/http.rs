@@ -57,6 +57,15 @@ pub async fn try_request(
     })
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// Polls `probe` every 50 ms until it gives a value, for at most `limit`.
 pub async fn poll<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
 where

@@ -6,8 +6,11 @@
 
 mod support;
 
+mod abuse;
+mod audit;
 mod authz;
 mod bad_input;
+mod captcha;
 mod envoy;
 mod grpcurl;
 mod http;

@@ -33,7 +33,7 @@ use tonic::{Code, Request, metadata::MetadataValue};
 
 use crate::{
     db_tests,
-    http::{poll, request, try_request},
+    http::{hex, poll, request, try_request},
     support::{Backend, TEST_MFA_KEY, TestApp, TestDb, USER_PASSWORD, assert_error, captured_logs},
 };
 
@@ -41,7 +41,7 @@ fn unique(prefix: &str) -> String {
     use ring::rand::SecureRandom as _;
     let mut bytes = [0u8; 6];
     ring::rand::SystemRandom::new().fill(&mut bytes).unwrap();
-    format!("{prefix}-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("{prefix}-{}", hex(&bytes))
 }
 
 /// A raw-token `ValidateToken` request with `x-request-id` set to `id`
@@ -427,10 +427,6 @@ fn string_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The real binary, serving on a loopback port of its choosing over `db`,
 /// exporting to `collector`; its JSON log lines are collected.
 struct Served {
@@ -482,7 +478,7 @@ impl Served {
                 }
             }
         });
-        let addr = poll("the server to listen", Duration::from_secs(60), || async {
+        let addr = poll("the server to listen", Duration::from_mins(1), || async {
             let logs = logs.lock().unwrap();
             logs.iter().find_map(|line| {
                 let line: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -611,4 +607,38 @@ async fn validate_token_spans_join_the_callers_trace_over_otlp(backend: Backend)
     assert!(!logs.iter().any(|line| line.contains(&session.token) || line.contains(password)));
     drop(served);
     db.drop_database().await;
+}
+
+#[test]
+#[allow(clippy::result_large_err, reason = "figment::Jail's closure returns figment::Error")]
+fn observability_settings_come_from_the_environment_and_are_checked() {
+    use portcullis::config::Config;
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("PORTCULLIS_METRICS_ADDR", "0.0.0.0:9090");
+        jail.set_env("PORTCULLIS_TLS_CERT_FILE", "/etc/portcullis/tls.crt");
+        jail.set_env("PORTCULLIS_TLS_KEY_FILE", "/etc/portcullis/tls.key");
+        jail.set_env("PORTCULLIS_ENVOY_USER_ID_HEADER", "x-user");
+        let config = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(config.metrics_addr, Some(SocketAddr::from(([0, 0, 0, 0], 9090))));
+        assert_eq!(config.tls_cert_file.as_deref(), Some(std::path::Path::new("/etc/portcullis/tls.crt")));
+        assert_eq!(config.tls_client_ca_file, None);
+        assert_eq!(config.envoy_user_id_header, "x-user");
+        assert_eq!(config.envoy_role_header, "x-portcullis-role");
+
+        jail.set_env("PORTCULLIS_ENVOY_ROLE_HEADER", "X-Role");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("envoy_role_header"), "{err}");
+        jail.set_env("PORTCULLIS_ENVOY_ROLE_HEADER", "x-user");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("envoy_role_header") && err.contains("differ"), "{err}");
+        jail.set_env("PORTCULLIS_ENVOY_ROLE_HEADER", "authorization");
+        assert!(Config::load(None).unwrap_err().to_string().contains("envoy_role_header"));
+        jail.set_env("PORTCULLIS_ENVOY_ROLE_HEADER", "x-role");
+        jail.set_env("PORTCULLIS_METRICS_ADDR", "not an address");
+        assert!(Config::load(None).unwrap_err().to_string().contains("metrics_addr"));
+        jail.set_env("PORTCULLIS_METRICS_ADDR", "127.0.0.1:50051");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.contains("metrics_addr") && err.contains("listen_addr"), "{err}");
+        Ok(())
+    });
 }

@@ -211,13 +211,21 @@ impl TestApp {
 
     /// Stops the server and starts a new one on the same database (and the
     /// same clock), with `config` changed by `adjust`.
-    pub async fn restart_with(mut self, adjust: impl FnOnce(&mut Config)) -> Self {
-        self.stop_server().await;
-        let mut config = self.config.clone();
-        adjust(&mut config);
-        let clock = self.clock.clone();
-        let db = std::mem::replace(&mut self.db, TestDb { url: String::new(), _dir: None, postgres: None });
-        Self::start_on(db, config, clock).await
+    ///
+    /// Boxed: the future holds a whole `Config` and server start-up.
+    pub fn restart_with<'a>(
+        mut self,
+        adjust: impl FnOnce(&mut Config) + Send + 'a,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Self> + Send + 'a>> {
+        Box::pin(async move {
+            self.stop_server().await;
+            let mut config = self.config.clone();
+            adjust(&mut config);
+            let clock = self.clock.clone();
+            let db =
+                std::mem::replace(&mut self.db, TestDb { url: String::new(), _dir: None, postgres: None });
+            Self::start_on(db, config, clock).await
+        })
     }
 
     async fn stop_server(&mut self) {
@@ -245,6 +253,10 @@ impl TestApp {
 
     pub fn keys(&self) -> KeyServiceClient<Channel> {
         KeyServiceClient::new(self.channel.clone())
+    }
+
+    pub fn audit(&self) -> portcullis::proto::v1::audit_service_client::AuditServiceClient<Channel> {
+        portcullis::proto::v1::audit_service_client::AuditServiceClient::new(self.channel.clone())
     }
 
     /// Creates a user directly through the rules (as the CLI does).
