@@ -329,6 +329,23 @@ async fn admin_login_needs_the_scope_and_keeps_lockout_and_mfa(backend: Backend)
     assert_eq!(events[0].client_ip, "198.51.100.77");
     assert_eq!(events[0].user_agent, "end-user-agent");
 
+    // MFA still applies: a user with TOTP gets a challenge, not a session.
+    crate::mfa::user_with_totp(&app, "tia@example.com").await;
+    let mfa = app
+        .auth()
+        .admin_login(bearer(
+            &with_scope.key,
+            pb::AdminLoginRequest {
+                email: "tia@example.com".into(),
+                password: USER_PASSWORD.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(mfa.result, Some(pb::admin_login_response::Result::Mfa(_))), "{mfa:?}");
+
     // Per-account lockout still applies.
     for _ in 0..2 {
         assert!(app.auth().admin_login(bearer(&with_scope.key, request("wrong password"))).await.is_err());

@@ -94,7 +94,7 @@ async fn verify(
 }
 
 /// A user with TOTP on: its session token, the base32 secret and recovery codes.
-async fn user_with_totp(app: &TestApp, email: &str) -> (String, String, Vec<String>) {
+pub async fn user_with_totp(app: &TestApp, email: &str) -> (String, String, Vec<String>) {
     app.create_user(email, USER_PASSWORD, Role::User).await;
     let token = app.login(email, USER_PASSWORD).await.token;
     let enrolled =
