@@ -95,6 +95,13 @@ impl App {
             },
             verifier: crate::captcha::Verifier::from_config(&config)?,
         };
+        if captcha.policy != CaptchaPolicy::Off && !captcha.verifier.any_enabled() {
+            anyhow::bail!(
+                "captcha_policy: `{:?}` needs at least one vendor secret (captcha_googlev3_secret, \
+                 captcha_hcaptcha_secret or captcha_turnstile_secret)",
+                config.captcha_policy
+            );
+        }
         let domain =
             Arc::new(Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha));
         // TODO(pool): pass a probe of the database pool once `Store` exposes its figures.

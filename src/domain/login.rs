@@ -80,7 +80,7 @@ pub struct CaptchaSettings {
     pub verifier: captcha::Verifier,
 }
 
-/// How long failures from one IP count toward the captcha policy.
+/// How long failures of an account or an IP count toward the captcha policy.
 const IP_FAILURE_WINDOW: chrono::Duration = chrono::Duration::hours(1);
 
 impl Domain {
@@ -147,7 +147,7 @@ impl Domain {
             None => (None, None),
         };
         if flow == Flow::Login && !input.bypass_captcha {
-            self.check_captcha(ctx, &email, user.as_ref(), input.captcha.clone()).await?;
+            self.check_captcha(ctx, &email, input.captcha.clone()).await?;
         }
         // Count the attempt before checking the password; a locked account
         // is checked against the dummy hash, for the same work and answer.
@@ -167,7 +167,7 @@ impl Domain {
                     Some(user) if user.disabled => "account disabled",
                     Some(_) => "wrong password",
                 };
-                self.note_ip_failure(ctx).await?;
+                self.note_failure(ctx, &email).await?;
                 match failed {
                     Some(user) if reserved => {
                         self.record_failure(ctx, &user, Action::LoginFailed, reason).await?;
@@ -197,6 +197,9 @@ impl Domain {
             self.store.upgrade_password_hash(user.id, upgraded).await?;
         }
         self.store.reset_failures(user.id).await?;
+        if let CaptchaPolicy::AfterFailures(_) = self.captcha.policy {
+            self.store.clear_rate_limit(&format!("failures:acct:{}", email.as_str())).await?;
+        }
         let ctx = &Ctx {
             actor: if flow == Flow::AdminLogin { ctx.actor } else { super::Actor::User(user.id) },
             ..ctx.clone()
@@ -218,23 +221,15 @@ impl Domain {
     }
 
     /// Requires and verifies a captcha when the policy says so.
-    async fn check_captcha(
-        &self,
-        ctx: &Ctx,
-        email: &Email,
-        user: Option<&User>,
-        captcha: Option<CaptchaInput>,
-    ) -> Result<()> {
+    async fn check_captcha(&self, ctx: &Ctx, email: &Email, captcha: Option<CaptchaInput>) -> Result<()> {
+        // Failures are counted by normalised email, for known and unknown
+        // emails alike, so the policy never tells one from the other.
         let required = match self.captcha.policy {
             CaptchaPolicy::Off => false,
             CaptchaPolicy::Always => true,
             CaptchaPolicy::AfterFailures(n) => {
-                let account = match user {
-                    Some(user) => self.store.failed_attempts(user.id).await?,
-                    None => 0,
-                };
-                let ip = self.ip_failures(ctx).await?;
-                i64::from(account) >= i64::from(n) || ip >= i64::from(n)
+                let (account, ip) = self.recent_failures(ctx, email).await?;
+                account >= i64::from(n) || ip >= i64::from(n)
             }
         };
         if !required {
@@ -249,37 +244,56 @@ impl Domain {
                 Err(Error::invalid("captcha.vendor", "this vendor is not configured on the server"))
             }
             Err(captcha::CaptchaError::Malformed(why)) => Err(Error::invalid("captcha.response", why)),
+            Err(err @ captcha::CaptchaError::Unavailable(_)) => {
+                // Not the client's failure: nothing is counted or written.
+                tracing::warn!(error = %err, "captcha vendor unavailable; failing closed");
+                Err(AuthFailure::CaptchaUnavailable.into())
+            }
             Err(err) => {
-                let now = self.clock.now();
-                let unavailable = matches!(err, captcha::CaptchaError::Unavailable(_));
                 let event = ctx
-                    .event(now, Action::CaptchaFailed, Outcome::Failure, format!("email:{}", email.as_str()))
+                    .event(
+                        self.clock.now(),
+                        Action::CaptchaFailed,
+                        Outcome::Failure,
+                        format!("email:{}", email.as_str()),
+                    )
                     .detail(err.to_string());
                 self.store.audit(&[event]).await?;
-                self.note_ip_failure(ctx).await?;
-                if unavailable {
-                    tracing::warn!(error = %err, "captcha vendor unavailable; failing closed");
-                    Err(AuthFailure::CaptchaUnavailable.into())
-                } else {
-                    Err(AuthFailure::CaptchaInvalid.into())
-                }
+                self.note_failure(ctx, email).await?;
+                Err(AuthFailure::CaptchaInvalid.into())
             }
         }
     }
 
-    /// Counts a failed login from the client's IP (for the captcha policy).
-    async fn note_ip_failure(&self, ctx: &Ctx) -> Result<()> {
-        if let (CaptchaPolicy::AfterFailures(_), Some(ip)) = (self.captcha.policy, ctx.client_ip) {
-            let start = self.clock.now().timestamp().div_euclid(IP_FAILURE_WINDOW.num_seconds());
-            self.store.hit_rate_limit(&format!("failures:ip:{ip}"), start).await?;
+    /// Counts a failed login of `email` and of the client's IP, for the
+    /// captcha policy.
+    async fn note_failure(&self, ctx: &Ctx, email: &Email) -> Result<()> {
+        if let CaptchaPolicy::AfterFailures(_) = self.captcha.policy {
+            let window = self.failure_window();
+            self.store.hit_rate_limit(&format!("failures:acct:{}", email.as_str()), window).await?;
+            if let Some(ip) = ctx.client_ip {
+                self.store.hit_rate_limit(&format!("failures:ip:{ip}"), window).await?;
+            }
         }
         Ok(())
     }
 
-    async fn ip_failures(&self, ctx: &Ctx) -> Result<i64> {
-        let Some(ip) = ctx.client_ip else { return Ok(0) };
-        let start = self.clock.now().timestamp().div_euclid(IP_FAILURE_WINDOW.num_seconds());
-        self.store.rate_limit_hits(&format!("failures:ip:{ip}"), start).await
+    /// Recent failures of `email` and of the client's IP.
+    async fn recent_failures(&self, ctx: &Ctx, email: &Email) -> Result<(i64, i64)> {
+        let window = self.failure_window();
+        let account =
+            self.store.rate_limit_hits(&format!("failures:acct:{}", email.as_str()), window).await?;
+        let ip = match ctx.client_ip {
+            Some(ip) => self.store.rate_limit_hits(&format!("failures:ip:{ip}"), window).await?,
+            None => 0,
+        };
+        Ok((account, ip))
+    }
+
+    /// The current window of the captcha policy's failure counts.
+    fn failure_window(&self) -> i64 {
+        let length = IP_FAILURE_WINDOW.num_seconds();
+        self.clock.now().timestamp().div_euclid(length) * length
     }
 
     /// The session lifetime for `user`: its own or the default, shortened to

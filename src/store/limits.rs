@@ -72,6 +72,20 @@ impl Store {
         }
     }
 
+    /// Forgets the counter `key` (a success clears the failures it counted).
+    pub async fn clear_rate_limit(&self, key: &str) -> Result<()> {
+        let backend = self.db.get_database_backend();
+        let sql = match backend {
+            sea_orm::DatabaseBackend::Postgres => "DELETE FROM rate_limits WHERE key = $1",
+            _ => "DELETE FROM rate_limits WHERE key = ?",
+        };
+        self.db
+            .execute_raw(Statement::from_sql_and_values(backend, sql, [key.into()]))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Reserves one attempt against account `user_id`: counts it before the
     /// password or code is checked, so parallel guesses cannot exceed the
     /// threshold. `false` when the account is locked or out of attempts.

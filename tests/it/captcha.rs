@@ -22,6 +22,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tonic::{Code, Request, Status, metadata::MetadataValue};
+use tonic_types::StatusExt;
 
 use crate::support::{
     ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, assert_invalid, bearer, count_rows,
@@ -34,6 +35,7 @@ crate::db_tests!(
     googlev3_checks_the_score_and_the_action,
     after_failures_counts_the_accounts_failures,
     after_failures_counts_the_client_ips_failures,
+    after_failures_does_not_tell_known_from_unknown_emails,
     after_failures_ignores_an_ip_claimed_by_an_untrusted_caller,
     policy_off_never_asks_the_vendor,
     bad_captcha_input_is_refused_before_the_vendor_is_asked,
@@ -525,6 +527,45 @@ async fn after_failures_counts_the_client_ips_failures(backend: Backend) {
     let asked = fake.count();
     login(&app, from_ip(bad_ip, request("frank@example.com", USER_PASSWORD, None))).await.unwrap();
     assert_eq!(fake.count(), asked);
+    app.stop().await;
+}
+
+async fn after_failures_does_not_tell_known_from_unknown_emails(backend: Backend) {
+    // Enumeration resistance: after N failures for an email, the answer is
+    // the same whether an account has that email or not.
+    let fake = FakeVendor::start(Reply::Http(200, ACCEPT.into())).await;
+    let app = TestApp::start_with(&backend, |c| {
+        use_fake(c, &fake, CaptchaPolicyName::AfterFailures);
+        c.captcha_after_failures = 2;
+        trust_loopback(c);
+    })
+    .await;
+    app.create_user("mallory@example.com", USER_PASSWORD, Role::User).await;
+    // Two wrong passwords for each email, every attempt from its own IP.
+    let attempts = [
+        ("mallory@example.com", "203.0.113.21"),
+        ("mallory@example.com", "203.0.113.22"),
+        ("nobody@example.com", "203.0.113.23"),
+        ("nobody@example.com", "203.0.113.24"),
+    ];
+    for (email, ip) in attempts {
+        let status = login(&app, from_ip(ip, request(email, "wrong password 000", None))).await.unwrap_err();
+        assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
+    }
+    // The same wrong password again, from a fresh IP: the same answer.
+    let mut answers = Vec::new();
+    for email in ["mallory@example.com", "nobody@example.com"] {
+        let request = from_ip("198.51.100.30", request(email, "wrong password 000", None));
+        let status = login(&app, request).await.unwrap_err();
+        let reason = status.get_details_error_info().map(|info| info.reason);
+        answers.push((status.code(), status.message().to_owned(), reason, status.details().to_vec()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "a known and an unknown email with the same failures are told apart \
+         (mallory@ exists, nobody@ does not): {:?} vs {:?}",
+        answers[0].2, answers[1].2
+    );
     app.stop().await;
 }
 

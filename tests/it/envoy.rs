@@ -137,7 +137,10 @@ fn s4e_error(reply: &Reply, status: u16, code: &str) -> serde_json::Value {
 db_tests!(envoy_asks_portcullis_about_every_request);
 
 async fn envoy_asks_portcullis_about_every_request(backend: Backend) {
-    let app = TestApp::start(&backend).await;
+    let app = TestApp::start_with(&backend, |config| {
+        config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
     let upstream = Upstream::start().await;
     let envoy = Envoy::start(app.addr, upstream.addr).await;
 
@@ -225,6 +228,17 @@ async fn envoy_asks_portcullis_about_every_request(backend: Backend) {
     s4e_error(&reply, 401, "unauthorized");
     assert!(reply.header("www-authenticate").unwrap_or_default().contains("invalid_token"), "{reply:?}");
     assert_eq!(upstream.seen().len(), before + 1, "no denied request reached the upstream");
+
+    // Every check was counted: 4 allowed, 3 unauthorized, 1 forbidden.
+    let metrics = request(app.metrics_addr.unwrap(), "GET", "/metrics", &[]).await.body;
+    for (result, count) in [("valid", 4), ("UNAUTHORIZED", 3), ("FORBIDDEN", 1)] {
+        let line = format!(
+            "portcullis_token_validations_total{{source=\"envoy_check\",result=\"{result}\"}} {count}"
+        );
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    let checks = "portcullis_grpc_server_handled_total{grpc_service=\"envoy.service.auth.v3.Authorization\",grpc_method=\"Check\",grpc_code=\"OK\"} 8";
+    assert!(metrics.lines().any(|l| l == checks), "no `{checks}` in\n{metrics}");
 
     drop(envoy);
     app.stop().await;

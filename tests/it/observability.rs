@@ -324,6 +324,36 @@ async fn metrics_count_rpcs_validations_and_hashing(backend: Backend) {
     app.stop().await;
 }
 
+db_tests!(metrics_count_login_results_and_lockouts);
+
+async fn metrics_count_login_results_and_lockouts(backend: Backend) {
+    let app = TestApp::start_with(&backend, |config| {
+        config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.lockout_threshold = 2;
+    })
+    .await;
+    app.create_user("lou@example.com", USER_PASSWORD, Role::User).await;
+    app.login("lou@example.com", USER_PASSWORD).await;
+    for _ in 0..2 {
+        let status = app
+            .auth()
+            .login(pb::LoginRequest {
+                email: "lou@example.com".into(),
+                password: "not the password".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
+    }
+    let scraped = scrape(app.metrics_addr.unwrap()).await;
+    assert_eq!(scraped.value("portcullis_logins_total", &[("outcome", "success")]), Some(1.0));
+    assert_eq!(scraped.value("portcullis_logins_total", &[("outcome", "invalid_login")]), Some(2.0));
+    assert_eq!(scraped.value("portcullis_logins_total", &[]), Some(3.0));
+    assert_eq!(scraped.value("portcullis_lockouts_total", &[]), Some(1.0), "the second failure locks");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_answers_odd_requests_without_falling_over() {
     let app = TestApp::start_with(&Backend::Sqlite, |config| {
@@ -635,7 +665,8 @@ fn observability_settings_come_from_the_environment_and_are_checked() {
         assert!(Config::load(None).unwrap_err().to_string().contains("envoy_role_header"));
         jail.set_env("PORTCULLIS_ENVOY_ROLE_HEADER", "x-role");
         jail.set_env("PORTCULLIS_METRICS_ADDR", "not an address");
-        assert!(Config::load(None).unwrap_err().to_string().contains("metrics_addr"));
+        let err = Config::load(None).unwrap_err().to_string().to_lowercase();
+        assert!(err.contains("metrics_addr"), "{err}");
         jail.set_env("PORTCULLIS_METRICS_ADDR", "127.0.0.1:50051");
         let err = Config::load(None).unwrap_err().to_string();
         assert!(err.contains("metrics_addr") && err.contains("listen_addr"), "{err}");
