@@ -104,8 +104,12 @@ impl App {
         }
         let domain =
             Arc::new(Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha));
-        // TODO(pool): pass a probe of the database pool once `Store` exposes its figures.
-        let metrics = Metrics::new(domain.hasher().clone(), None);
+        let pool_store = domain.store().clone();
+        let pool: metrics::PoolProbe = Arc::new(move || {
+            let (open, idle, max) = pool_store.pool_use();
+            Some(metrics::PoolUse { open, idle, max })
+        });
+        let metrics = Metrics::new(domain.hasher().clone(), Some(pool));
         Ok(Self { domain, config, metrics, metrics_listener: None })
     }
 
@@ -140,15 +144,27 @@ impl App {
     /// accepting and lets calls in flight finish.
     ///
     /// # Errors
-    /// The transport failed.
+    /// The TLS files cannot be used, `metrics_addr` cannot be bound, or the
+    /// transport failed.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
         let Self { domain, config, metrics, metrics_listener } = self;
+        // What can fail comes first, before any task is spawned.
+        let mut server = Server::builder();
+        if let Some(tls) = server_tls(&config)? {
+            server = server.tls_config(tls).context("tls_cert_file/tls_key_file/tls_client_ca_file")?;
+        }
+        let metrics_listener = match (metrics_listener, config.metrics_addr) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(address)) => Some(
+                metrics::bind(address).await.with_context(|| format!("binding metrics_addr {address}"))?,
+            ),
+            (None, None) => None,
+        };
         let (health, health_service) = tonic_health::server::health_reporter();
-        let probe = tokio::spawn(probe_database(Arc::clone(&domain), health, config.health_probe_interval));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -174,7 +190,6 @@ impl App {
         let keys = KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max);
         let audit =
             AuditServiceServer::new(AuditService::new(Arc::clone(&domain))).max_decoding_message_size(max);
-        let flusher = tokio::spawn(flush_invalid_tokens(Arc::clone(&domain), config.audit_flush_interval));
 
         let envoy = AuthorizationServer::new(EnvoyAuthorization::new(
             Arc::clone(&domain),
@@ -188,24 +203,20 @@ impl App {
         ))
         .max_decoding_message_size(max);
 
-        let mut server = Server::builder();
-        if let Some(tls) = server_tls(&config)? {
-            server = server.tls_config(tls).context("tls_cert_file/tls_key_file/tls_client_ca_file")?;
-        }
-        let metrics_listener = match (metrics_listener, config.metrics_addr) {
-            (Some(listener), _) => Some(listener),
-            (None, Some(address)) => Some(
-                metrics::bind(address).await.with_context(|| format!("binding metrics_addr {address}"))?,
-            ),
-            (None, None) => None,
-        };
         let metrics_server = match metrics_listener {
             Some(listener) => {
-                tracing::info!(address = %listener.local_addr()?, "metrics at http://…/metrics");
+                tracing::info!(address = %listener.local_addr()?, "serving metrics at /metrics");
                 Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), std::future::pending())))
             }
             None => None,
         };
+
+        // Background work starts last, after every fallible step. The first
+        // health answer is known before the first request is served.
+        let first = probe_once(&domain, &health, None).await;
+        let probe =
+            tokio::spawn(probe_database(Arc::clone(&domain), health, config.health_probe_interval, first));
+        let flusher = tokio::spawn(flush_invalid_tokens(Arc::clone(&domain), config.audit_flush_interval));
 
         let address = listener.local_addr()?;
         tracing::info!(%address, tls = config.tls_cert_file.is_some(), "portcullis listening");
@@ -297,26 +308,40 @@ fn limit_settings(config: &Config) -> anyhow::Result<LimitSettings> {
 }
 
 /// Reports NOT_SERVING while the database does not answer.
-async fn probe_database(domain: Arc<Domain>, health: HealthReporter, every: Duration) {
-    // Envoy can health-check its ext_authz cluster by the service's name.
-    let services =
-        ["", "portcullis.v1.AuthService", "portcullis.v1.UserService", "envoy.service.auth.v3.Authorization"];
-    let mut last = None;
+async fn probe_database(domain: Arc<Domain>, health: HealthReporter, every: Duration, first: ServingStatus) {
+    let mut last = Some(first);
     let mut interval = tokio::time::interval(every);
+    interval.tick().await;
     loop {
         interval.tick().await;
-        let status = match domain.store().ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(err) => {
-                tracing::warn!(error = %err, "database health probe failed");
-                ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            for service in services {
-                health.set_service_status(service, status).await;
-            }
-            last = Some(status);
+        last = Some(probe_once(&domain, &health, last).await);
+    }
+}
+
+/// The services whose health follows the database's. Envoy can health-check
+/// its `ext_authz` cluster by the service's name.
+const HEALTH_SERVICES: [&str; 6] = [
+    "",
+    "portcullis.v1.AuthService",
+    "portcullis.v1.UserService",
+    "portcullis.v1.KeyService",
+    "portcullis.v1.AuditService",
+    "envoy.service.auth.v3.Authorization",
+];
+
+/// Asks the database once and reports the result when it changed.
+async fn probe_once(domain: &Domain, health: &HealthReporter, last: Option<ServingStatus>) -> ServingStatus {
+    let status = match domain.store().ping().await {
+        Ok(()) => ServingStatus::Serving,
+        Err(err) => {
+            tracing::warn!(error = %err, "database health probe failed");
+            ServingStatus::NotServing
+        }
+    };
+    if last != Some(status) {
+        for service in HEALTH_SERVICES {
+            health.set_service_status(service, status).await;
         }
     }
+    status
 }

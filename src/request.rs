@@ -248,7 +248,8 @@ where
         if path != ENVOY_CHECK_PATH {
             context.settle();
         }
-        let deadline = client_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
+        let client_deadline = client_timeout(request.headers());
+        let deadline = client_deadline.map_or(self.timeout, |t| t.min(self.timeout));
         let mut completion = Completion {
             context: Arc::clone(&context),
             labels: RpcLabels {
@@ -258,6 +259,7 @@ where
             },
             validate_token: path == VALIDATE_TOKEN_PATH,
             started,
+            client_deadline,
             done: false,
         };
 
@@ -296,6 +298,8 @@ struct Completion {
     labels: RpcLabels,
     validate_token: bool,
     started: Instant,
+    /// The client's `grpc-timeout`: tonic answers it outside this layer.
+    client_deadline: Option<Duration>,
     done: bool,
 }
 
@@ -350,7 +354,14 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(Code::Cancelled, None);
+            // Dropped unanswered: tonic answered the client's own deadline,
+            // or the client went away.
+            let code = if self.client_deadline.is_some_and(|d| self.started.elapsed() >= d) {
+                Code::DeadlineExceeded
+            } else {
+                Code::Cancelled
+            };
+            self.finish(code, None);
         }
     }
 }

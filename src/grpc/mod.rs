@@ -94,25 +94,10 @@ fn request_ctx(
     }
 }
 
-/// The caller's `x-request-id` when it is usable (at most 128 visible ASCII
-/// characters), else a new one. (The request layer has already replaced an
-/// unusable one in the metadata.)
+/// The request id the request layer kept or made for this call (see
+/// `request.rs`); the header it wrote back is the fallback.
 fn request_id(metadata: &MetadataMap) -> String {
-    metadata
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(new_request_id, str::to_owned)
-}
-
-/// A fresh request id: 16 random bytes, hex.
-fn new_request_id() -> String {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 16];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    bytes.iter().fold(String::with_capacity(32), |mut out, b| {
-        use std::fmt::Write as _;
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    crate::request::current_request_id()
+        .or_else(|| metadata.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default()
 }

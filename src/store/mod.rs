@@ -83,6 +83,30 @@ impl Store {
             .map_err(unavailable)
     }
 
+    /// The connection pool's use: (open, idle, most), for metrics.
+    #[must_use]
+    pub fn pool_use(&self) -> (u32, u32, u32) {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (
+                    pool.size(),
+                    u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                    pool.options().get_max_connections(),
+                )
+            }
+            sea_orm::DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (
+                    pool.size(),
+                    u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                    pool.options().get_max_connections(),
+                )
+            }
+            _ => (0, 0, 0),
+        }
+    }
+
     /// Closes the pool.
     pub async fn close(self) {
         let _ = self.db.close().await;

@@ -118,6 +118,8 @@ async fn per_ip_limit_holds_across_accounts_but_not_for_admin_login(backend: Bac
 
 fn lockout(threshold: u32) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
+        // Hundreds of argon2 hashes on two cores take their time.
+        c.request_timeout = StdDuration::from_mins(2);
         c.lockout_threshold = threshold;
         c.lockout_duration = StdDuration::from_mins(5);
         c.hash_queue_depth = 1000;

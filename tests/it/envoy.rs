@@ -223,21 +223,25 @@ async fn envoy_asks_portcullis_about_every_request(backend: Backend) {
     let reply =
         request(envoy.addr, "GET", "/hello", &[("authorization", &bearer), ("x-api-key", &reader.key)]).await;
     s4e_error(&reply, 401, "unauthorized");
+    // The same header twice, with two keys (Envoy joins them with a comma).
+    let reply =
+        request(envoy.addr, "GET", "/hello", &[("x-api-key", &reader.key), ("x-api-key", &writer.key)]).await;
+    s4e_error(&reply, 401, "unauthorized");
     let reply =
         request(envoy.addr, "GET", "/hello", &[("authorization", "Bearer pcs_sess_nottherightlength")]).await;
     s4e_error(&reply, 401, "unauthorized");
     assert!(reply.header("www-authenticate").unwrap_or_default().contains("invalid_token"), "{reply:?}");
     assert_eq!(upstream.seen().len(), before + 1, "no denied request reached the upstream");
 
-    // Every check was counted: 4 allowed, 3 unauthorized, 1 forbidden.
+    // Every check was counted: 4 allowed, 4 unauthorized, 1 forbidden.
     let metrics = request(app.metrics_addr.unwrap(), "GET", "/metrics", &[]).await.body;
-    for (result, count) in [("valid", 4), ("UNAUTHORIZED", 3), ("FORBIDDEN", 1)] {
+    for (result, count) in [("valid", 4), ("UNAUTHORIZED", 4), ("FORBIDDEN", 1)] {
         let line = format!(
             "portcullis_token_validations_total{{source=\"envoy_check\",result=\"{result}\"}} {count}"
         );
         assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
     }
-    let checks = "portcullis_grpc_server_handled_total{grpc_service=\"envoy.service.auth.v3.Authorization\",grpc_method=\"Check\",grpc_code=\"OK\"} 8";
+    let checks = "portcullis_grpc_server_handled_total{grpc_service=\"envoy.service.auth.v3.Authorization\",grpc_method=\"Check\",grpc_code=\"OK\"} 9";
     assert!(metrics.lines().any(|l| l == checks), "no `{checks}` in\n{metrics}");
 
     drop(envoy);

@@ -162,6 +162,43 @@ async fn a_call_over_its_time_limit_answers_deadline_exceeded_with_its_id(backen
     app.stop().await;
 }
 
+db_tests!(a_call_the_client_abandons_is_still_counted);
+
+async fn a_call_the_client_abandons_is_still_counted(backend: Backend) {
+    let app = TestApp::start_with(&backend, |config| {
+        config.metrics_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let mut login = Request::new(pb::LoginRequest {
+        email: "nobody@example.com".into(),
+        password: USER_PASSWORD.into(),
+        ..Default::default()
+    });
+    login.set_timeout(Duration::from_millis(1));
+    let status = app.auth().login(login).await.unwrap_err();
+    // tonic's client gives up on its own (CANCELLED) or hears the server's answer.
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    // The server records the call when it lets go of it, just after: as
+    // CANCELLED when the client hung up first, DEADLINE_EXCEEDED when the
+    // client's deadline (`grpc-timeout`) ran out on the server first.
+    poll("the abandoned login to be counted", Duration::from_secs(30), || async {
+        let scraped = scrape(app.metrics_addr.unwrap()).await;
+        let login = |code| {
+            scraped
+                .value(
+                    "portcullis_grpc_server_handled_total",
+                    &[("grpc_method", "Login"), ("grpc_code", code)],
+                )
+                .unwrap_or(0.0)
+        };
+        let total = scraped.value("portcullis_grpc_server_handled_total", &[("grpc_method", "Login")]);
+        let abandoned = login("CANCELLED") + login("DEADLINE_EXCEEDED");
+        (total == Some(1.0) && (abandoned - 1.0).abs() < 0.5).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 // === metrics ===
 
 /// A parsed scrape: (name, labels, value) for every sample.
@@ -321,6 +358,11 @@ async fn metrics_count_rpcs_validations_and_hashing(backend: Backend) {
     assert_eq!(scraped.value("portcullis_password_verifications_total", &[]), Some(2.0));
     assert_eq!(scraped.value("portcullis_password_hash_queue_depth", &[]), Some(0.0));
     assert_eq!(scraped.value("portcullis_password_hash_rejections_total", &[]), Some(0.0));
+    // The pool: the test configuration's five connections at most.
+    assert_eq!(scraped.value("portcullis_db_pool_connections_max", &[]), Some(5.0));
+    let idle = scraped.value("portcullis_db_pool_connections_idle", &[]).expect("idle connections");
+    let in_use = scraped.value("portcullis_db_pool_connections_in_use", &[]).expect("connections in use");
+    assert!(idle + in_use >= 1.0 && idle + in_use <= 5.0, "{idle} idle, {in_use} in use");
     app.stop().await;
 }
 
@@ -462,7 +504,7 @@ fn string_attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str
 struct Served {
     addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 fn portcullis(db: &TestDb) -> Command {
@@ -485,15 +527,15 @@ fn portcullis(db: &TestDb) -> Command {
 }
 
 impl Served {
-    async fn start(db: &TestDb, collector: SocketAddr) -> Self {
+    /// Sends span batches every `batch_delay_ms` (the default is 5 s).
+    async fn start(db: &TestDb, collector: SocketAddr, batch_delay_ms: u32) -> Self {
         let mut child = portcullis(db)
             .arg("serve")
             .env("PORTCULLIS_LISTEN_ADDR", "127.0.0.1:0")
             .env("PORTCULLIS_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,portcullis=debug")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}"))
-            // Send batches at once rather than every 5 s.
-            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env("OTEL_BSP_SCHEDULE_DELAY", batch_delay_ms.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -517,7 +559,7 @@ impl Served {
             })
         })
         .await;
-        Self { addr, logs, _child: child }
+        Self { addr, logs, child }
     }
 }
 
@@ -537,7 +579,7 @@ async fn validate_token_spans_join_the_callers_trace_over_otlp(backend: Backend)
     let created = create.wait_with_output().await.unwrap();
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
 
-    let served = Served::start(&db, collector_addr).await;
+    let served = Served::start(&db, collector_addr, 50).await;
     let mut client = AuthServiceClient::connect(format!("http://{}", served.addr)).await.unwrap();
     let login = client
         .login(pb::LoginRequest {
@@ -672,4 +714,32 @@ fn observability_settings_come_from_the_environment_and_are_checked() {
         assert!(err.contains("metrics_addr") && err.contains("listen_addr"), "{err}");
         Ok(())
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_still_queued_are_sent_when_the_server_stops() {
+    let db = TestDb::create(&Backend::Sqlite).await;
+    let (collector, collector_addr) = Collector::start().await;
+    // Batches every hour: only the flush at exit can send this span.
+    let mut served = Served::start(&db, collector_addr, 3_600_000).await;
+    let request_id = unique("last-words");
+    let mut client = AuthServiceClient::connect(format!("http://{}", served.addr)).await.unwrap();
+    let mut validate = Request::new(pb::ValidateTokenRequest {
+        credential: Some(Credential::Token("pcs_sess_unknown".into())),
+        required_scopes: vec![],
+    });
+    validate.metadata_mut().insert("x-request-id", request_id.parse().unwrap());
+    client.validate_token(validate).await.unwrap_err();
+    assert!(collector.spans().is_empty(), "nothing is sent before the batch is due");
+
+    let pid = served.child.id().expect("running").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let exited = tokio::time::timeout(Duration::from_secs(30), served.child.wait()).await;
+    assert!(exited.expect("the server stops on SIGTERM").unwrap().success());
+    let span = collector
+        .spans()
+        .into_iter()
+        .find(|(_, span)| string_attribute(&span.attributes, "request_id") == Some(&request_id));
+    assert!(span.is_some(), "the queued span was not flushed at exit");
 }
