@@ -189,7 +189,7 @@ pub struct Validator {
     store: Store,
     tokens: TokenFormat,
     cache: Cache<TokenHash, Entry>,
-    epoch: AtomicU64,
+    epoch: Arc<AtomicU64>,
     seen: Cache<CredentialId, ()>,
     seen_tx: mpsc::Sender<(CredentialId, DateTime<Utc>)>,
     lookups: AtomicU64,
@@ -207,11 +207,15 @@ impl Validator {
             .build();
         let (seen_tx, seen_rx) = mpsc::channel(SEEN_QUEUE);
         tokio::spawn(write_last_seen(store.clone(), seen_rx));
+        let epoch = Arc::new(AtomicU64::new(0));
+        if store.is_postgres() {
+            tokio::spawn(follow_revocations(store.clone(), cache.clone(), Arc::clone(&epoch)));
+        }
         Self {
             store,
             tokens,
             cache,
-            epoch: AtomicU64::new(0),
+            epoch,
             seen: Cache::builder().max_capacity(config.capacity).time_to_live(SEEN_INTERVAL).build(),
             seen_tx,
             lookups: AtomicU64::new(0),
@@ -241,19 +245,21 @@ impl Validator {
         Ok(principal)
     }
 
-    /// Forgets every cached token of session `id`.
+    /// Forgets every cached token of session `id`, here and (PostgreSQL)
+    /// on every other replica.
     pub fn forget_session(&self, id: i64) {
-        self.forget(move |entry| matches!(entry, Entry::Session(known) if known.session_id == id));
+        self.forget(Forget::Session(id));
     }
 
-    /// Forgets API key `id`.
+    /// Forgets API key `id`, here and on every other replica.
     pub fn forget_key(&self, id: i64) {
-        self.forget(move |entry| matches!(entry, Entry::Key(known) if known.key.id == id));
+        self.forget(Forget::Key(id));
     }
 
-    /// Forgets every cached session token and API key of user `id`.
+    /// Forgets every cached session token and API key of user `id`, here and
+    /// on every other replica.
     pub fn forget_user(&self, id: i64) {
-        self.forget(move |entry| entry.user_id() == Some(id));
+        self.forget(Forget::User(id));
     }
 
     /// How many database lookups validation has made (cache misses).
@@ -262,14 +268,18 @@ impl Validator {
         self.lookups.load(Ordering::Relaxed)
     }
 
-    fn forget(&self, matches: impl Fn(&Entry) -> bool + Send + Sync + 'static) {
-        let predicate = move |_: &TokenHash, entry: &Entry| matches(entry);
-        if self.cache.invalidate_entries_if(predicate).is_err() {
-            // Cannot happen (closures are enabled above); clear everything
-            // rather than risk answering for a revoked token.
-            self.cache.invalidate_all();
+    fn forget(&self, what: Forget) {
+        forget_here(&self.cache, &self.epoch, what);
+        if self.store.is_postgres() {
+            // Other replicas hear it through LISTEN/NOTIFY; a lost
+            // notification is bounded by their cache lifetime.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store.notify_revocation(&what.to_string()).await {
+                    tracing::warn!(error = %err, "could not notify other replicas of a revocation");
+                }
+            });
         }
-        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn lookup(&self, hash: TokenHash, kind: TokenKind) -> Result<Entry> {
@@ -324,6 +334,95 @@ async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(CredentialId, Dat
         };
         if let Err(err) = written {
             tracing::warn!(error = %err, "could not record last-used times");
+        }
+    }
+}
+
+/// What a revocation makes the caches forget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Forget {
+    Session(i64),
+    Key(i64),
+    User(i64),
+}
+
+impl std::fmt::Display for Forget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Forget::Session(id) => write!(f, "session:{id}"),
+            Forget::Key(id) => write!(f, "key:{id}"),
+            Forget::User(id) => write!(f, "user:{id}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Forget {
+    type Err = ();
+
+    fn from_str(text: &str) -> std::result::Result<Self, ()> {
+        let (kind, id) = text.split_once(':').ok_or(())?;
+        let id: i64 = id.parse().map_err(|_| ())?;
+        match kind {
+            "session" => Ok(Forget::Session(id)),
+            "key" => Ok(Forget::Key(id)),
+            "user" => Ok(Forget::User(id)),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Drops the matching entries from this replica's cache, and moves the
+/// epoch so a lookup that raced with the revocation is not cached.
+fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget) {
+    let predicate = move |_: &TokenHash, entry: &Entry| match what {
+        Forget::Session(id) => matches!(entry, Entry::Session(known) if known.session_id == id),
+        Forget::Key(id) => matches!(entry, Entry::Key(known) if known.key.id == id),
+        Forget::User(id) => entry.user_id() == Some(id),
+    };
+    if cache.invalidate_entries_if(predicate).is_err() {
+        // Cannot happen (closures are enabled); clear everything rather
+        // than risk answering for a revoked token.
+        cache.invalidate_all();
+    }
+    epoch.fetch_add(1, Ordering::AcqRel);
+}
+
+/// Applies other replicas' revocations (PostgreSQL LISTEN/NOTIFY) to this
+/// replica's cache until the store closes. While the listening connection is
+/// down, notifications may be missed: the whole cache is dropped on
+/// reconnecting.
+async fn follow_revocations(store: Store, cache: Cache<TokenHash, Entry>, epoch: Arc<AtomicU64>) {
+    loop {
+        let mut listener = match store.revocation_listener().await {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for revocations; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            match listener.next().await {
+                Ok(Some(payload)) => {
+                    if let Ok(what) = payload.parse::<Forget>() {
+                        forget_here(&cache, &epoch, what);
+                    } else {
+                        tracing::warn!(payload, "unknown revocation notification");
+                    }
+                }
+                Ok(None) => {
+                    // Reconnected: something may have been missed.
+                    cache.invalidate_all();
+                    epoch.fetch_add(1, Ordering::AcqRel);
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "revocation listener failed; reconnecting");
+                    cache.invalidate_all();
+                    epoch.fetch_add(1, Ordering::AcqRel);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    break;
+                }
+            }
         }
     }
 }

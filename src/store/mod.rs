@@ -107,9 +107,54 @@ impl Store {
         }
     }
 
+    /// True on PostgreSQL (where replicas share revocations by NOTIFY).
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        self.db.get_database_backend() == sea_orm::DbBackend::Postgres
+    }
+
+    /// Tells every replica (PostgreSQL `NOTIFY`) to forget `what`.
+    pub async fn notify_revocation(&self, what: &str) -> Result<(), Error> {
+        let statement = sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [REVOCATION_CHANNEL.into(), what.into()],
+        );
+        self.db.execute_raw(statement).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// A listener for revocation notifications (PostgreSQL only).
+    pub async fn revocation_listener(&self) -> Result<RevocationListener, Error> {
+        let pool = self.db.get_postgres_connection_pool();
+        let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool)
+            .await
+            .map_err(|e| Error::Unavailable(Box::new(e)))?;
+        listener.listen(REVOCATION_CHANNEL).await.map_err(|e| Error::Unavailable(Box::new(e)))?;
+        Ok(RevocationListener(listener))
+    }
+
     /// Closes the pool.
     pub async fn close(self) {
         let _ = self.db.close().await;
+    }
+}
+
+/// The NOTIFY channel of revocations.
+const REVOCATION_CHANNEL: &str = "portcullis_revocations";
+
+/// Receives revocations other replicas announce.
+pub struct RevocationListener(sea_orm::sqlx::postgres::PgListener);
+
+impl RevocationListener {
+    /// The next revocation's payload; `None` when the connection was lost
+    /// and re-established (notifications may have been missed).
+    pub async fn next(&mut self) -> Result<Option<String>, Error> {
+        match self.0.try_recv().await {
+            Ok(Some(notification)) => Ok(Some(notification.payload().to_owned())),
+            Ok(None) => Ok(None),
+            Err(err) => Err(Error::Unavailable(Box::new(err))),
+        }
     }
 }
 

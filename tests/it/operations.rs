@@ -331,3 +331,44 @@ async fn cli_bootstraps_a_service_account_and_its_key() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
     fresh.stop().await;
 }
+
+/// PostgreSQL only: replicas share revocations through LISTEN/NOTIFY, so a
+/// token revoked on one is refused by another that had it cached — even with
+/// an hour-long cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_on_one_replica_reaches_the_others_cache_at_once() {
+    let Some(backend) = Backend::postgres() else { return };
+    let a = TestApp::start_with(&backend, |c| c.token_cache_ttl = Duration::from_hours(1)).await;
+    let b = TestApp::start_on(a.db.shared(), a.config.clone(), a.clock.clone()).await;
+    let admin = a.admin_token().await;
+    a.create_user("rita@example.com", USER_PASSWORD, Role::User).await;
+    let token = a.login("rita@example.com", USER_PASSWORD).await.token;
+    let svc = crate::keys::service_account(&a, &admin, "replica-svc@example.com").await;
+    let key = crate::keys::create_key(&a, &admin, svc, &[]).await.unwrap();
+    // Replica b caches both.
+    for _ in 0..2 {
+        b.validate(&token).await.unwrap();
+        b.validate(&key.key).await.unwrap();
+    }
+    a.auth().logout(pb::LogoutRequest { token: token.clone() }).await.unwrap();
+    a.keys()
+        .revoke_api_key(crate::support::bearer(
+            &admin,
+            pb::RevokeApiKeyRequest { key_id: key.api_key.as_ref().unwrap().id },
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for credential in [&token, &key.key] {
+        loop {
+            if let Err(status) = b.validate(credential).await {
+                assert_error(&status, Code::Unauthenticated, "UNAUTHORIZED");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "replica b still accepts a revoked credential");
+            tokio::task::yield_now().await;
+        }
+    }
+    b.stop_keeping_database().await;
+    a.stop().await;
+}

@@ -95,6 +95,12 @@ impl TestDb {
         }
     }
 
+    /// The same database, for a second server (a replica); dropping this
+    /// handle drops nothing.
+    pub fn shared(&self) -> Self {
+        Self { url: self.url.clone(), _dir: None, postgres: None }
+    }
+
     /// Drops a PostgreSQL test database (SQLite's folder goes with `Drop`).
     pub async fn drop_database(&self) {
         if let Some((server, name)) = &self.postgres {
@@ -235,6 +241,11 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
+    }
+
+    /// Stops the server, leaving its database (shared with another server).
+    pub async fn stop_keeping_database(mut self) {
+        self.stop_server().await;
     }
 
     /// Stops the server and drops its database.
