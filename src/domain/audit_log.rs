@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr, sync::Mutex};
 
 use super::{
     Action, AuditEvent, AuditFilter, AuditRecord, Domain, Error, Outcome, Page, Principal, Result, page_size,
-    page_token, parse_page_token, scope,
+    parse_page_token, scope,
 };
 
 /// Invalid-token counts waiting to be written, by (source, reason).
@@ -42,10 +42,7 @@ impl Domain {
         let before = parse_page_token(token)?;
         let limit = page_size(requested_page_size, 50, 500);
         let rows = self.store.list_audit(&filter, before, limit + 1).await?;
-        let more = rows.len() as u64 > limit;
-        let items: Vec<AuditRecord> = rows.into_iter().take(limit as usize).collect();
-        let next_page_token = if more { items.last().map(|r| page_token(r.id)) } else { None };
-        Ok(Page { items, next_page_token })
+        Ok(Page::from_overfetch(rows, limit, |r: &AuditRecord| r.id))
     }
 
     /// Counts a refused `ValidateToken` from `source`; written later, in

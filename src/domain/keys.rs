@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, ApiKey, Ctx, Domain, Error, IssuedKey, KeyEnvironment, Outcome, Page, Principal, Result,
-    page_size, page_token, parse_page_token, scope, token::TokenFormat,
+    page_size, parse_page_token, scope, token::TokenFormat,
 };
 use crate::store::NewKey;
 
@@ -166,10 +166,7 @@ impl Domain {
         let before = parse_page_token(token)?;
         let limit = page_size(requested, 50, 500);
         let keys = self.store.list_keys(owner_id, before, limit + 1).await?;
-        let more = keys.len() as u64 > limit;
-        let items: Vec<ApiKey> = keys.into_iter().take(limit as usize).collect();
-        let next_page_token = if more { items.last().map(|k| page_token(k.id)) } else { None };
-        Ok(Page { items, next_page_token })
+        Ok(Page::from_overfetch(keys, limit, |k: &ApiKey| k.id))
     }
 
     /// Changes a key's name or scopes.

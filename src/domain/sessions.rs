@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, Actor, AuthFailure, Ctx, Domain, Error, IssuedSession, Outcome, Page, Principal, Result, Session,
-    SessionState, limits::Flow, page_size, page_token, parse_page_token, scope, token::TokenKind,
+    SessionState, limits::Flow, page_size, parse_page_token, scope, token::TokenKind,
 };
 use crate::store::Rotation;
 
@@ -140,16 +140,14 @@ impl Domain {
         let limit = page_size(requested_page_size, 50, 500);
         let now = self.clock.now();
         let sessions = self.store.list_active_sessions(user_id, now, before, limit + 1).await?;
-        let more = sessions.len() as u64 > limit;
-        let items: Vec<_> = sessions
+        let Page { items, next_page_token } = Page::from_overfetch(sessions, limit, |s: &Session| s.id);
+        let items = items
             .into_iter()
-            .take(limit as usize)
             .map(|session| {
                 let current = caller.session_id() == Some(session.id);
                 (session, current)
             })
             .collect();
-        let next_page_token = if more { items.last().map(|(s, _)| page_token(s.id)) } else { None };
         Ok(Page { items, next_page_token })
     }
 

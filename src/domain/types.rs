@@ -527,6 +527,18 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// A page from rows fetched `limit + 1` at a time: the extra row only
+    /// says that another page follows, which starts after the last item's id.
+    #[must_use]
+    pub fn from_overfetch(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Self {
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = if more { rows.last().map(|row| page_token(id(row))) } else { None };
+        Self { items: rows, next_page_token }
+    }
+}
+
 /// Reads a page size: 0 means the default, larger than `max` is capped.
 #[must_use]
 pub fn page_size(requested: i32, default: u64, max: u64) -> u64 {

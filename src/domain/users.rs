@@ -2,7 +2,7 @@
 
 use super::{
     Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserKind,
-    page_size, page_token, parse_page_token, password::Password, scope,
+    page_size, parse_page_token, password::Password, scope,
 };
 use crate::store::NewUser;
 
@@ -114,10 +114,7 @@ impl Domain {
         let after = parse_page_token(token)?;
         let limit = page_size(requested_page_size, 50, 500);
         let users = self.store.list_users(after, limit + 1).await?;
-        let more = users.len() as u64 > limit;
-        let items: Vec<User> = users.into_iter().take(limit as usize).collect();
-        let next_page_token = if more { items.last().map(|u| page_token(u.id)) } else { None };
-        Ok(Page { items, next_page_token })
+        Ok(Page::from_overfetch(users, limit, |u: &User| u.id))
     }
 
     /// Changes a user. Disabling revokes every session at once.

@@ -168,13 +168,4 @@ impl Store {
             .map_err(unavailable)?;
         Ok(())
     }
-
-    /// The account's failed-attempt count (0 for an unknown user).
-    pub async fn failed_attempts(&self, user_id: i64) -> Result<i32> {
-        Ok(users::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await
-            .map_err(unavailable)?
-            .map_or(0, |user| user.failed_attempts))
-    }
 }
