@@ -1,36 +1,36 @@
-//! The one place that wires every layer: store → domain → gRPC services,
-//! health, reflection, transport limits, graceful shutdown.
+//! The one place that wires every layer — store → domain → the gRPC routes
+//! and the HTTP router → the request stack → the listener — and owns every
+//! background task (health prober, audit flusher, metrics endpoint), which
+//! it starts after every fallible step and drains when the server stops.
+//!
+//! Stopping, on the first shutdown signal: health turns NOT_SERVING at once
+//! (Watch streams see it); calls are still served for `shutdown_drain`, so
+//! load balancers stop sending; then the listener closes, connections are
+//! asked to finish and open streams end; calls in flight get until
+//! `shutdown_timeout`, after which their connections are dropped; last, the
+//! background tasks stop and flush. A second signal skips the waiting.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic_health::ServingStatus;
 
 use crate::{
     config::{CaptchaPolicyName, Config},
     domain::{
-        CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, SystemClock, Validator,
+        CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, Validator,
         limits::{Limit, LimitSettings},
         password::{Hasher, HasherConfig},
         seal::Sealer,
         token::TokenFormat,
         validate::CacheConfig,
     },
-    grpc::{AuditService, AuthService, EnvoyAuthorization, IdentityHeaders, KeyService, UserService},
+    grpc, health,
     mail::Mailer,
     metrics::{self, Metrics},
-    proto::{
-        self,
-        v1::{
-            audit_service_server::AuditServiceServer, auth_service_server::AuthServiceServer,
-            key_service_server::KeyServiceServer, user_service_server::UserServiceServer,
-        },
-    },
-    request::RequestLayer,
+    request, server,
     store::{LockPolicy, Store},
 };
 
@@ -102,14 +102,17 @@ impl App {
                 config.captcha_policy
             );
         }
-        let domain =
-            Arc::new(Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha));
-        let pool_store = domain.store().clone();
+        let pool_store = store.clone();
         let pool: metrics::PoolProbe = Arc::new(move || {
             let (open, idle, max) = pool_store.pool_use();
             Some(metrics::PoolUse { open, idle, max })
         });
-        let metrics = Metrics::new(domain.hasher().clone(), Some(pool));
+        let metrics = Metrics::new(hasher.clone(), Some(pool), grpc::served_methods());
+        let events: Arc<dyn crate::domain::Events> = Arc::clone(&metrics) as _;
+        let domain = Arc::new(
+            Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha)
+                .with_events(events),
+        );
         Ok(Self { domain, config, metrics, metrics_listener: None })
     }
 
@@ -140,23 +143,40 @@ impl App {
         &self.domain
     }
 
-    /// Serves gRPC on `listener` until `shutdown` resolves, then stops
-    /// accepting and lets calls in flight finish.
+    /// Serves on `listener` until `shutdown` resolves, then stops as the
+    /// module docs say.
     ///
     /// # Errors
-    /// The TLS files cannot be used, `metrics_addr` cannot be bound, or the
-    /// transport failed.
+    /// As [`App::serve_with`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
+        self.serve_with(listener, shutdown, std::future::pending()).await
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops as the
+    /// module docs say; `force` resolving (a second signal) skips the drain
+    /// and the wait for calls in flight.
+    ///
+    /// # Errors
+    /// The TLS files cannot be used, `metrics_addr` cannot be bound, or the
+    /// reflection descriptors are broken.
+    pub async fn serve_with(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+        force: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         let Self { domain, config, metrics, metrics_listener } = self;
         // What can fail comes first, before any task is spawned.
-        let mut server = Server::builder();
-        if let Some(tls) = server_tls(&config)? {
-            server = server.tls_config(tls).context("tls_cert_file/tls_key_file/tls_client_ca_file")?;
-        }
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(server::tls_acceptor(cert, key, config.tls_client_ca_file.as_deref())?)
+            }
+            _ => None,
+        };
         let metrics_listener = match (metrics_listener, config.metrics_addr) {
             (Some(listener), _) => Some(listener),
             (None, Some(address)) => Some(
@@ -164,128 +184,121 @@ impl App {
             ),
             (None, None) => None,
         };
+        let stop = server::Stop::default();
         let (health, health_service) = tonic_health::server::health_reporter();
-
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // So grpcurl can decode ErrorInfo, BadRequest and RetryInfo details.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(crate::grpc::envoy::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // grpcurl 1.8 still asks the v1alpha reflection service.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(crate::grpc::envoy::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-
-        let max = config.max_message_bytes;
-        let auth =
-            AuthServiceServer::new(AuthService::new(Arc::clone(&domain))).max_decoding_message_size(max);
-        let users =
-            UserServiceServer::new(UserService::new(Arc::clone(&domain))).max_decoding_message_size(max);
-
-        let keys = KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max);
-        let audit =
-            AuditServiceServer::new(AuditService::new(Arc::clone(&domain))).max_decoding_message_size(max);
-
-        let envoy = AuthorizationServer::new(EnvoyAuthorization::new(
-            Arc::clone(&domain),
-            IdentityHeaders {
-                user_id: config.envoy_user_id_header.clone(),
-                role: config.envoy_role_header.clone(),
-                scopes: config.envoy_scopes_header.clone(),
-                session_id: config.envoy_session_id_header.clone(),
-                key_id: config.envoy_key_id_header.clone(),
+        let grpc = grpc::router(
+            grpc::Routes {
+                domain: Arc::clone(&domain),
+                metrics: Arc::clone(&metrics),
+                health: health_service,
+                closed: stop.close.clone(),
             },
-        ))
-        .max_decoding_message_size(max);
-
-        let metrics_server = match metrics_listener {
-            Some(listener) => {
-                tracing::info!(address = %listener.local_addr()?, "serving metrics at /metrics");
-                Some(tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), std::future::pending())))
-            }
-            None => None,
+            &config,
+        )?;
+        let http = axum::Router::new().fallback(|| async {
+            crate::errors::Problem::new(crate::errors::NOT_FOUND, "no such path").into_s4e_response()
+        });
+        let service = request::stack(
+            grpc,
+            http,
+            Arc::clone(&metrics),
+            request::Settings { timeout: config.request_timeout, log_calls: config.log_requests },
+        );
+        let limits = server::Limits {
+            max_connections: config.max_connections,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            idle_timeout: config.idle_timeout,
+            http2_keepalive_interval: config.http2_keepalive_interval,
+            http2_keepalive_timeout: config.http2_keepalive_timeout,
+            max_concurrent_streams: config.max_concurrent_streams,
         };
 
         // Background work starts last, after every fallible step. The first
         // health answer is known before the first request is served.
-        let first = probe_once(&domain, &health, None).await;
-        let probe =
-            tokio::spawn(probe_database(Arc::clone(&domain), health, config.health_probe_interval, first));
-        let flusher = tokio::spawn(flush_invalid_tokens(Arc::clone(&domain), config.audit_flush_interval));
-
+        let tasks = TaskTracker::new();
+        let stop_probe = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let first = health::probe_once(&domain, &health, None).await;
+        tasks.spawn(health::probe(
+            Arc::clone(&domain),
+            health.clone(),
+            config.health_probe_interval,
+            first,
+            stop_probe.clone(),
+        ));
+        tasks.spawn(flush_invalid_tokens(
+            Arc::clone(&domain),
+            config.audit_flush_interval,
+            stop_background.clone(),
+        ));
+        if let Some(listener) = metrics_listener {
+            tracing::info!(address = %listener.local_addr()?, "serving metrics at /metrics");
+            tasks.spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                stop_background.clone().cancelled_owned(),
+            ));
+        }
         let address = listener.local_addr()?;
-        tracing::info!(%address, tls = config.tls_cert_file.is_some(), "portcullis listening");
-        let result = server
-            // Request ids, the RPC's span (continuing the caller's trace),
-            // the time limit (the client sees DEADLINE_EXCEEDED, with its
-            // request id) and the metrics of every call: see `request.rs`.
-            .layer(RequestLayer::new(Arc::clone(&metrics), config.request_timeout))
-            // Bounds the work one connection can queue.
-            .max_concurrent_streams(Some(config.max_concurrent_streams))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(auth)
-            .add_service(users)
-            .add_service(keys)
-            .add_service(audit)
-            .add_service(envoy)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await;
-        probe.abort();
-        flusher.abort();
-        // What the flusher had not written yet.
-        if let Err(err) = domain.flush_invalid_tokens().await {
-            tracing::warn!(error = %err, "could not write the last invalid-token counts");
+        let mut served = tokio::spawn(server::serve(listener, tls.clone(), service, limits, stop.clone()));
+        tracing::info!(%address, tls = tls.is_some(), "portcullis listening");
+
+        let mut force = std::pin::pin!(force);
+        let mut forced = false;
+        tokio::select! {
+            () = shutdown => {}
+            () = &mut force => forced = true,
         }
-        if let Some(metrics_server) = metrics_server {
-            metrics_server.abort();
+        // Health first: load balancers and meshes stop sending.
+        stop_probe.cancel();
+        health::set_all(&health, ServingStatus::NotServing).await;
+        if !forced {
+            tracing::info!(drain = ?config.shutdown_drain, "stopping: NOT_SERVING, still serving calls during the drain");
+            tokio::select! {
+                () = tokio::time::sleep(config.shutdown_drain) => {}
+                () = &mut force => forced = true,
+            }
         }
+        // Then the listener closes and connections finish.
+        stop.close.cancel();
+        if forced {
+            stop.abort.cancel();
+        } else {
+            tokio::select! {
+                _ = &mut served => {}
+                () = tokio::time::sleep(config.shutdown_timeout) => {
+                    tracing::warn!(timeout = ?config.shutdown_timeout, "calls still in flight after shutdown_timeout; closing their connections");
+                    stop.abort.cancel();
+                }
+                () = &mut force => stop.abort.cancel(),
+            }
+        }
+        if !served.is_finished() {
+            let _ = served.await;
+        }
+        // Last, the background tasks stop and flush.
+        stop_background.cancel();
+        tasks.close();
+        tasks.wait().await;
         tracing::info!("portcullis stopped");
-        result.context("gRPC server")
+        Ok(())
     }
 }
 
-/// The gRPC port's TLS (and mutual TLS with `tls_client_ca_file`), when
-/// `tls_cert_file` and `tls_key_file` are set.
-fn server_tls(config: &Config) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else { return Ok(None) };
-    let read = |name: &str, path: &std::path::Path| {
-        std::fs::read(path).with_context(|| format!("{name} {}: cannot read", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read("tls_cert_file", cert)?, read("tls_key_file", key)?));
-    if let Some(ca) = &config.tls_client_ca_file {
-        tls = tls.client_ca_root(Certificate::from_pem(read("tls_client_ca_file", ca)?));
-    }
-    Ok(Some(tls))
-}
-
-/// Runs portcullis with the system clock until `shutdown` resolves.
-///
-/// # Errors
-/// As [`App::build`] and [`App::serve`].
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    App::build(config, Arc::new(SystemClock)).await?.serve(listener, shutdown).await
-}
-
-/// Writes aggregated invalid-token counts to the audit log every `every`.
-async fn flush_invalid_tokens(domain: Arc<Domain>, every: Duration) {
+/// Writes aggregated invalid-token counts to the audit log every `every`,
+/// and what is left when `stop` is cancelled.
+async fn flush_invalid_tokens(domain: Arc<Domain>, every: Duration, stop: CancellationToken) {
     let mut interval = tokio::time::interval(every);
     loop {
-        interval.tick().await;
+        let stopping = tokio::select! {
+            () = stop.cancelled() => true,
+            _ = interval.tick() => false,
+        };
         if let Err(err) = domain.flush_invalid_tokens().await {
             tracing::warn!(error = %err, "could not write invalid-token counts to the audit log");
+        }
+        if stopping {
+            return;
         }
     }
 }
@@ -305,43 +318,4 @@ fn limit_settings(config: &Config) -> anyhow::Result<LimitSettings> {
             max: chrono::Duration::from_std(config.lockout_max_duration)?,
         },
     })
-}
-
-/// Reports NOT_SERVING while the database does not answer.
-async fn probe_database(domain: Arc<Domain>, health: HealthReporter, every: Duration, first: ServingStatus) {
-    let mut last = Some(first);
-    let mut interval = tokio::time::interval(every);
-    interval.tick().await;
-    loop {
-        interval.tick().await;
-        last = Some(probe_once(&domain, &health, last).await);
-    }
-}
-
-/// The services whose health follows the database's. Envoy can health-check
-/// its `ext_authz` cluster by the service's name.
-const HEALTH_SERVICES: [&str; 6] = [
-    "",
-    "portcullis.v1.AuthService",
-    "portcullis.v1.UserService",
-    "portcullis.v1.KeyService",
-    "portcullis.v1.AuditService",
-    "envoy.service.auth.v3.Authorization",
-];
-
-/// Asks the database once and reports the result when it changed.
-async fn probe_once(domain: &Domain, health: &HealthReporter, last: Option<ServingStatus>) -> ServingStatus {
-    let status = match domain.store().ping().await {
-        Ok(()) => ServingStatus::Serving,
-        Err(err) => {
-            tracing::warn!(error = %err, "database health probe failed");
-            ServingStatus::NotServing
-        }
-    };
-    if last != Some(status) {
-        for service in HEALTH_SERVICES {
-            health.set_service_status(service, status).await;
-        }
-    }
-    status
 }

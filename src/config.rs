@@ -68,6 +68,35 @@ pub struct Config {
     /// Time limit for one request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most client connections served at once; more wait in the kernel's
+    /// accept queue until one closes.
+    pub max_connections: usize,
+    /// Time limit for a client's TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY, then closed once its last stream ends); a connection
+    /// that never sends a request is closed after it too.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged to find dead peers.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// After SIGTERM: how long health says NOT_SERVING while calls are still
+    /// served, so load balancers stop sending before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
+    /// After the drain: how long calls in flight may take before their
+    /// connections are closed. Keep drain + timeout below the kubelet's
+    /// grace period (30 s).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// One `info` log line per finished call (method, status, milliseconds,
+    /// request id).
+    pub log_requests: bool,
     /// How often the health service asks the database whether it answers.
     #[serde(with = "humantime_serde")]
     pub health_probe_interval: Duration,
@@ -255,6 +284,14 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             max_concurrent_streams: 256,
             request_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            tls_handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_mins(5),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
+            shutdown_drain: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(20),
+            log_requests: true,
             health_probe_interval: Duration::from_secs(5),
             trusted_peers: Vec::new(),
             rate_limit_ip: 60,
@@ -382,6 +419,25 @@ impl Config {
         }
         if self.max_message_bytes < 1024 {
             return bad("max_message_bytes", "must be at least 1024");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.request_timeout < Duration::from_millis(1) {
+            return bad("request_timeout", "must be at least 1ms");
+        }
+        for (name, value) in [
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout),
+        ] {
+            if value < Duration::from_millis(10) {
+                return bad(name, "must be at least 10ms");
+            }
+        }
+        if self.shutdown_drain + self.shutdown_timeout > Duration::from_hours(1) {
+            return bad("shutdown_drain/shutdown_timeout", "must add up to at most 1 hour");
         }
         if self.database_max_connections == 0 {
             return bad("database_max_connections", "must be at least 1");

@@ -1,17 +1,22 @@
 //! portcullis: an authentication microservice with a gRPC API.
 //!
-//! Layers, outermost first: [`grpc`] (tonic services, proto conversion, the
-//! one error-to-status mapping) → [`domain`] (the rules) → [`store`]
-//! (sea-orm). [`app`] wires them and runs the server; `main` is a thin CLI.
+//! Layers, outermost first: [`server`] (the listener) → [`request`] (the
+//! layers every call passes, gRPC and HTTP alike) → [`grpc`] (tonic
+//! services) beside the HTTP API, both reading one error table
+//! ([`errors`]) → [`domain`] (the rules) → [`store`] (sea-orm). [`app`]
+//! wires them and runs the server; `main` is a thin CLI.
 
 pub mod app;
 pub mod captcha;
 pub mod config;
 pub mod domain;
+pub mod errors;
 pub mod grpc;
+pub mod health;
 pub mod mail;
 pub mod metrics;
 pub mod request;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 

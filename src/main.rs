@@ -5,7 +5,7 @@ use std::{io::BufRead as _, path::PathBuf, sync::Arc};
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
-    app::{self, App},
+    app::App,
     config::Config,
     domain::{Ctx, KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
     telemetry,
@@ -109,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
             let listener = TcpListener::bind(config.listen_addr)
                 .await
                 .with_context(|| format!("binding listen_addr {}", config.listen_addr))?;
-            app::run(listener, config, shutdown_signal()).await
+            let (first, second) = shutdown_signals();
+            App::build(config, Arc::new(SystemClock)).await?.serve_with(listener, first, second).await
         }
         Command::Migrate => {
             let store = portcullis::store::Store::connect(&config.database_url, 1).await?;
@@ -182,8 +183,38 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(first)
 }
 
+/// Two futures: the first resolves on the first SIGTERM or SIGINT (a
+/// graceful stop), the second on the next one (stop at once).
+fn shutdown_signals() -> (impl Future<Output = ()> + Send, impl Future<Output = ()> + Send) {
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        loop {
+            signal().await;
+            let count = *tx.borrow() + 1;
+            if count == 1 {
+                tracing::info!("shutdown signal received; draining (a second signal stops at once)");
+            } else {
+                tracing::warn!("second shutdown signal: stopping at once");
+            }
+            if tx.send(count).is_err() {
+                return;
+            }
+        }
+    });
+    let mut first = rx.clone();
+    let mut second = rx;
+    (
+        async move {
+            let _ = first.wait_for(|count| *count >= 1).await;
+        },
+        async move {
+            let _ = second.wait_for(|count| *count >= 2).await;
+        },
+    )
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+async fn signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let terminate = async {
@@ -200,5 +231,4 @@ async fn shutdown_signal() {
         _ = interrupt => {},
         () = terminate => {},
     }
-    tracing::info!("shutdown signal received; finishing calls in flight");
 }

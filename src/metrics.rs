@@ -12,7 +12,7 @@
 //! `OpenMetrics` (which Prometheus reads); every other path is 404, another
 //! method on `/metrics` is 405.
 
-use std::{convert::Infallible, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, convert::Infallible, fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -46,30 +46,44 @@ type Body = http_body_util::Full<hyper::body::Bytes>;
 /// Scrapes served at once; more connections wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 32;
 
-/// Labels of the per-RPC metrics.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// Labels of the per-RPC metrics. Every value is a `&'static str` resolved
+/// before the call (see [`Metrics::method`]): recording allocates nothing.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// e.g. `portcullis.v1.AuthService`; `unknown` for unimplemented paths.
-    pub grpc_service: String,
-    /// e.g. `ValidateToken`; `unknown` for unimplemented paths.
-    pub grpc_method: String,
+    /// e.g. `portcullis.v1.AuthService`; `unknown` for paths no service serves.
+    pub grpc_service: &'static str,
+    /// e.g. `ValidateToken`; `unknown` for paths no service serves.
+    pub grpc_method: &'static str,
     /// The gRPC status code name, e.g. `OK`, `UNAUTHENTICATED`.
     pub grpc_code: &'static str,
+}
+
+/// Labels of the HTTP API's per-route metrics.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template, e.g. `/api/user/auth/login`; `unknown` when no
+    /// route matched.
+    pub route: &'static str,
+    /// The request method, e.g. `POST`; `OTHER` for an unusual one.
+    pub method: &'static str,
+    /// The response status, e.g. `200`.
+    pub status: u16,
 }
 
 /// Labels of a token validation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ValidationLabels {
-    /// `validate_token` (the RPC) or `envoy_check` (external authorization).
+    /// `validate_token` (the RPC), `envoy_check` (external authorization) or
+    /// `forward_auth` (the HTTP endpoint for nginx, Traefik and Caddy).
     source: &'static str,
     /// `valid`, or the `ErrorInfo` reason (`UNAUTHORIZED`, `TOKEN_EXPIRED`, …).
-    result: String,
+    result: &'static str,
 }
 
 /// Label of a login result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    outcome: String,
+    outcome: &'static str,
 }
 
 /// Database pool figures at one instant.
@@ -91,9 +105,13 @@ pub struct Metrics {
     registry: Registry,
     rpcs: Family<RpcLabels, Counter>,
     rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    http: Family<HttpLabels, Counter>,
+    http_seconds: Family<HttpLabels, Histogram, fn() -> Histogram>,
     validations: Family<ValidationLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
     lockouts: Counter,
+    /// gRPC path → (service, method), for every method served.
+    methods: HashMap<&'static str, (&'static str, &'static str)>,
 }
 
 impl fmt::Debug for Metrics {
@@ -108,9 +126,14 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     /// Metrics that read the hashing queue from `hasher` and the pool from
-    /// `pool` at each scrape.
+    /// `pool` at each scrape; `methods` lists the gRPC methods served, as
+    /// (`package.Service`, `Method`), the only label values RPCs get.
     #[must_use]
-    pub fn new(hasher: Hasher, pool: Option<PoolProbe>) -> Arc<Self> {
+    pub fn new(
+        hasher: Hasher,
+        pool: Option<PoolProbe>,
+        methods: impl IntoIterator<Item = (String, String)>,
+    ) -> Arc<Self> {
         let mut registry = Registry::with_prefix("portcullis");
         let rpcs = Family::<RpcLabels, Counter>::default();
         registry.register(
@@ -126,6 +149,20 @@ impl Metrics {
             "Time from request headers to the end of the response, by service, method and status code",
             rpc_seconds.clone(),
         );
+        let http = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_server_handled",
+            "HTTP API requests completed, by route, method and status",
+            http.clone(),
+        );
+        let http_seconds = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_server_handling_seconds",
+            "Time from request headers to the end of the response, by route, method and status",
+            http_seconds.clone(),
+        );
         let validations = Family::<ValidationLabels, Counter>::default();
         registry.register(
             "token_validations",
@@ -137,7 +174,33 @@ impl Metrics {
         let lockouts = Counter::default();
         registry.register("lockouts", "Accounts locked after too many failed attempts", lockouts.clone());
         registry.register_collector(Box::new(Live { hasher, pool: pool.map(DebugProbe) }));
-        Arc::new(Self { registry, rpcs, rpc_seconds, validations, logins, lockouts })
+        let methods = methods
+            .into_iter()
+            .map(|(service, method)| {
+                let path: &'static str = Box::leak(format!("/{service}/{method}").into_boxed_str());
+                let service: &'static str = Box::leak(service.into_boxed_str());
+                let method: &'static str = Box::leak(method.into_boxed_str());
+                (path, (service, method))
+            })
+            .collect();
+        Arc::new(Self {
+            registry,
+            rpcs,
+            rpc_seconds,
+            http,
+            http_seconds,
+            validations,
+            logins,
+            lockouts,
+            methods,
+        })
+    }
+
+    /// The (service, method) labels of gRPC `path`; `unknown` for a path no
+    /// service serves, so callers cannot grow the label set.
+    #[must_use]
+    pub fn method(&self, path: &str) -> (&'static str, &'static str) {
+        self.methods.get(path).copied().unwrap_or(("unknown", "unknown"))
     }
 
     /// Records one finished RPC.
@@ -146,19 +209,21 @@ impl Metrics {
         self.rpc_seconds.get_or_create(labels).observe(elapsed.as_secs_f64());
     }
 
-    /// Records one token validation: `result` is `valid` or an error reason.
-    pub fn record_validation(&self, source: &'static str, result: &str) {
-        let result = if result.eq_ignore_ascii_case("valid") {
-            "valid".to_owned()
-        } else {
-            bounded_label(result, |b| b.is_ascii_uppercase() || b == b'_', "OTHER")
-        };
+    /// Records one finished HTTP API request.
+    pub fn record_http(&self, labels: &HttpLabels, elapsed: Duration) {
+        self.http.get_or_create(labels).inc();
+        self.http_seconds.get_or_create(labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one token validation: `result` is `valid` or the error
+    /// table's reason.
+    pub fn record_validation(&self, source: &'static str, result: &'static str) {
         self.validations.get_or_create(&ValidationLabels { source, result }).inc();
     }
 
-    fn record_login(&self, outcome: &str) {
-        let outcome =
-            bounded_label(outcome, |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_', "other");
+    /// Counts one login result, e.g. `success`, `mfa_required`,
+    /// `invalid_login`, `rate_limited`, `captcha_required`.
+    pub fn record_login(&self, outcome: &'static str) {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
@@ -173,30 +238,10 @@ impl Metrics {
     }
 }
 
-/// `value` when it is 1 to 40 bytes all allowed by `allowed`, else `other`:
-/// label values stay a small, known set whatever a caller passes.
-fn bounded_label(value: &str, allowed: impl Fn(u8) -> bool, other: &str) -> String {
-    if !value.is_empty() && value.len() <= 40 && value.bytes().all(allowed) {
-        value.to_owned()
-    } else {
-        other.to_owned()
+impl crate::domain::Events for Metrics {
+    fn account_locked(&self) {
+        self.lockouts.inc();
     }
-}
-
-/// Counts one login result of the current request, e.g. `success`,
-/// `mfa_required`, `invalid`, `locked`, `rate_limited`, `captcha_required`.
-/// `outcome` should be lower-case letters, digits and `_` (anything else is
-/// counted as `other`). Outside a request (the CLI) it does nothing.
-pub fn record_login(outcome: &str) {
-    crate::request::with_metrics(|metrics| metrics.record_login(outcome));
-}
-
-/// Counts one account lockout, in the request that caused it. Outside a
-/// request (the CLI) it does nothing.
-pub fn record_lockout() {
-    crate::request::with_metrics(|metrics| {
-        metrics.lockouts.inc();
-    });
 }
 
 /// Figures read at scrape time from their owners.
@@ -287,6 +332,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: impl 
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { break };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
@@ -364,25 +410,25 @@ mod tests {
         })
         .unwrap();
         let pool: PoolProbe = Arc::new(|| Some(PoolUse { open: 3, idle: 1, max: 5 }));
-        Metrics::new(hasher, Some(pool))
+        Metrics::new(hasher, Some(pool), [("portcullis.v1.AuthService".to_owned(), "Login".to_owned())])
     }
 
     #[test]
-    fn labels_outside_the_known_shape_collapse() {
+    fn only_served_methods_are_labels() {
         let metrics = metrics();
+        assert_eq!(
+            metrics.method("/portcullis.v1.AuthService/Login"),
+            ("portcullis.v1.AuthService", "Login")
+        );
+        assert_eq!(metrics.method("/portcullis.v1.AuthService/Nope"), ("unknown", "unknown"));
+        assert_eq!(metrics.method("/Not A Label\n{}"), ("unknown", "unknown"));
         metrics.record_login("success");
-        metrics.record_login("Not A Label\n{}");
-        metrics.record_login(&"x".repeat(100));
         metrics.record_validation("validate_token", "valid");
         metrics.record_validation("validate_token", "UNAUTHORIZED");
-        metrics.record_validation("validate_token", "bad\"reason");
         let text = metrics.encode().unwrap();
         assert!(text.contains("portcullis_logins_total{outcome=\"success\"} 1"), "{text}");
-        assert!(text.contains("portcullis_logins_total{outcome=\"other\"} 2"), "{text}");
         assert!(text.contains("result=\"valid\"} 1"), "{text}");
         assert!(text.contains("result=\"UNAUTHORIZED\"} 1"), "{text}");
-        assert!(text.contains("result=\"OTHER\"} 1"), "{text}");
-        assert!(!text.contains("Not A Label"), "{text}");
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Domain {
         if let Some(until) = self.store.record_failure(user.id, now, self.limits.lock, &[event], lock).await?
         {
             tracing::warn!(user_id = user.id, %until, "account locked after repeated failures");
-            crate::metrics::record_lockout();
+            self.events.account_locked();
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod audit_log;
 mod clock;
 pub mod credential;
 mod error;
+mod events;
 mod keys;
 pub mod limits;
 mod login;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 pub use audit::{Action, Actor, AuditEvent, AuditFilter, AuditRecord, Ctx, Outcome};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthFailure, Error, Result};
+pub use events::{Events, NoEvents};
 pub use keys::{KeyPage, KeyPatch, NewKeyInput};
 pub use login::{CaptchaInput, CaptchaPolicy, CaptchaSettings, LoginInput};
 pub use mfa::TotpEnrollment;
@@ -49,6 +51,7 @@ pub struct Domain {
     limits: limits::LimitSettings,
     captcha: CaptchaSettings,
     invalid_tokens: audit_log::InvalidTokenCounts,
+    events: Arc<dyn Events>,
 }
 
 /// What the second-factor rules need besides the store.
@@ -130,7 +133,15 @@ impl Domain {
             limits,
             captcha,
             invalid_tokens: audit_log::InvalidTokenCounts::default(),
+            events: Arc::new(NoEvents),
         }
+    }
+
+    /// Reports what happens to `events` (the server's metrics).
+    #[must_use]
+    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = events;
+        self
     }
 
     /// The password hasher (its counters are observable).

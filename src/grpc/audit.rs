@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, to_status};
+use super::{authenticated, convert, to_status};
 use crate::{
     domain::{AuditFilter, Domain},
     proto::v1::{self as pb, audit_service_server},
+    request::Call,
 };
 
 /// The `AuditService` implementation.
@@ -35,7 +36,7 @@ impl audit_service_server::AuditService for AuditService {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListAuditEventsRequest {
             subject,
             actor,

@@ -4,23 +4,28 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{caller, caller_token, convert, optional_caller, request_ctx, to_status};
+use super::{anonymous, authenticated, convert, source, to_status};
 use crate::{
-    domain::{self, Actor, Ctx, Domain, Error, LoginOutcome, credential},
+    domain::{self, Domain, Error, LoginOutcome, credential},
+    errors,
+    metrics::Metrics,
     proto::v1::{self as pb, auth_service_server},
+    request::Call,
 };
 
 /// The AuthService implementation.
 #[derive(Clone)]
 pub struct AuthService {
     domain: Arc<Domain>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthService {
-    /// Serves the rules in `domain`.
+    /// Serves the rules in `domain`, counting logins and validations in
+    /// `metrics`.
     #[must_use]
-    pub fn new(domain: Arc<Domain>) -> Self {
-        Self { domain }
+    pub fn new(domain: Arc<Domain>, metrics: Arc<Metrics>) -> Self {
+        Self { domain, metrics }
     }
 }
 
@@ -48,16 +53,11 @@ impl AuthService {
 impl auth_service_server::AuthService for AuthService {
     #[tracing::instrument(skip_all)]
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let caller = optional_caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(
-            &self.domain,
-            request.metadata(),
-            request.remote_addr(),
-            caller.as_ref(),
-            request.get_ref().client.as_ref(),
-        );
         // A login is anonymous; the caller matters only for bypass_captcha.
-        let ctx = Ctx { actor: Actor::Anonymous, ..ctx };
+        let claimed = request.get_ref().client.clone().unwrap_or_default();
+        let call = Call::optional(&self.domain, &source(&request).claiming(&claimed.ip, &claimed.user_agent))
+            .await
+            .map_err(to_status)?;
         let pb::LoginRequest { email, password, captcha, bypass_captcha, client, session_lifetime } =
             request.into_inner();
         let input = domain::LoginInput {
@@ -69,8 +69,8 @@ impl auth_service_server::AuthService for AuthService {
             bypass_captcha,
             captcha: captcha.map(convert::captcha_from).transpose().map_err(to_status)?,
         };
-        let outcome = self.domain.login(&ctx, caller.as_ref(), input).await;
-        crate::metrics::record_login(login_label(&outcome));
+        let outcome = self.domain.login(&call.ctx, call.caller.as_ref(), input).await;
+        self.metrics.record_login(login_label(&outcome));
         let outcome = outcome.map_err(to_status)?;
         Ok(Response::new(pb::LoginResponse { result: Some(login_result(outcome)) }))
     }
@@ -80,14 +80,11 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::AdminLoginRequest>,
     ) -> Result<Response<pb::AdminLoginResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(
-            &self.domain,
-            request.metadata(),
-            request.remote_addr(),
-            Some(&caller),
-            request.get_ref().client.as_ref(),
-        );
+        let claimed = request.get_ref().client.clone().unwrap_or_default();
+        let Call { ctx, caller } =
+            Call::authenticated(&self.domain, &source(&request).claiming(&claimed.ip, &claimed.user_agent))
+                .await
+                .map_err(to_status)?;
         let pb::AdminLoginRequest { email, password, client, session_lifetime } = request.into_inner();
         let input = domain::LoginInput {
             email,
@@ -99,7 +96,7 @@ impl auth_service_server::AuthService for AuthService {
             captcha: None,
         };
         let outcome = self.domain.admin_login(&ctx, &caller, input).await;
-        crate::metrics::record_login(login_label(&outcome));
+        self.metrics.record_login(login_label(&outcome));
         let outcome = outcome.map_err(to_status)?;
         let result = match login_result(outcome) {
             pb::login_response::Result::Session(s) => pb::admin_login_response::Result::Session(s),
@@ -113,7 +110,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::RefreshSessionRequest>,
     ) -> Result<Response<pb::RefreshSessionResponse>, Status> {
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
+        let Call { ctx, .. } = anonymous(&self.domain, &request);
         let pb::RefreshSessionRequest { token } = request.into_inner();
         if token.is_empty() {
             return Err(to_status(Error::invalid("token", "must not be empty")));
@@ -127,9 +124,9 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
+        let Call { ctx, .. } = anonymous(&self.domain, &request);
         let token = if request.get_ref().token.is_empty() {
-            caller_token(&self.domain, request.metadata()).map_err(to_status)?
+            source(&request).credential(&self.domain).map_err(to_status)?
         } else {
             request.into_inner().token
         };
@@ -142,15 +139,17 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        let source = request.remote_addr().map(|addr| addr.ip());
+        let peer = source(&request).peer();
         match self.validate(request.into_inner()).await {
             Ok(principal) => {
+                self.metrics.record_validation("validate_token", "valid");
                 Ok(Response::new(pb::ValidateTokenResponse { principal: Some(principal.into()) }))
             }
             Err(err) => {
+                self.metrics.record_validation("validate_token", errors::classify(&err).reason);
                 // Floods of bad tokens are audited in aggregate, per source.
                 if let Error::Unauthenticated(failure) = &err {
-                    self.domain.note_invalid_token(source, failure.label());
+                    self.domain.note_invalid_token(peer, failure.label());
                 }
                 Err(to_status(err))
             }
@@ -162,7 +161,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListSessionsRequest { user_id, page_size, page_token } = request.into_inner();
         let page =
             self.domain.list_sessions(&caller, user_id, page_size, &page_token).await.map_err(to_status)?;
@@ -177,8 +176,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::RevokeSessionRequest>,
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeSessionRequest { session_id } = request.into_inner();
         self.domain.revoke_session(&ctx, &caller, session_id).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
@@ -189,8 +187,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::RevokeSessionsRequest>,
     ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeSessionsRequest { user_id, keep_current } = request.into_inner();
         let (count, at) =
             self.domain.revoke_sessions(&ctx, &caller, user_id, keep_current).await.map_err(to_status)?;
@@ -205,7 +202,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::SendMfaCodeRequest>,
     ) -> Result<Response<pb::SendMfaCodeResponse>, Status> {
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
+        let Call { ctx, .. } = anonymous(&self.domain, &request);
         let pb::SendMfaCodeRequest { mfa_token } = request.into_inner();
         let expires_at = self.domain.send_mfa_code(&ctx, &mfa_token).await.map_err(to_status)?;
         Ok(Response::new(pb::SendMfaCodeResponse { expire_time: Some(convert::timestamp(expires_at)) }))
@@ -216,7 +213,7 @@ impl auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::VerifyMfaRequest>,
     ) -> Result<Response<pb::VerifyMfaResponse>, Status> {
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), None, None);
+        let Call { ctx, .. } = anonymous(&self.domain, &request);
         let pb::VerifyMfaRequest { mfa_token, code, method } = request.into_inner();
         let method = convert::mfa_method_from(method, "method").map_err(to_status)?;
         let issued = self.domain.verify_mfa(&ctx, &mfa_token, method, &code).await.map_err(to_status)?;

@@ -28,11 +28,11 @@ use envoy_types::{
     pb::{envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc},
 };
 use tonic::{Code, Request, Response, Status};
-use tonic_types::StatusExt as _;
 
-use super::to_status;
 use crate::{
-    domain::{AuthFailure, CredentialId, Domain, Error, Principal, credential},
+    domain::{CredentialId, Domain, Error, Principal, credential},
+    errors::Problem,
+    metrics::Metrics,
     request,
 };
 
@@ -66,15 +66,16 @@ pub struct IdentityHeaders {
 #[derive(Clone)]
 pub struct EnvoyAuthorization {
     domain: Arc<Domain>,
+    metrics: Arc<Metrics>,
     headers: Arc<IdentityHeaders>,
 }
 
 impl EnvoyAuthorization {
     /// Authorizes with the rules in `domain`, naming upstream headers as
-    /// `headers` says.
+    /// `headers` says, counting results in `metrics`.
     #[must_use]
-    pub fn new(domain: Arc<Domain>, headers: IdentityHeaders) -> Self {
-        Self { domain, headers: Arc::new(headers) }
+    pub fn new(domain: Arc<Domain>, metrics: Arc<Metrics>, headers: IdentityHeaders) -> Self {
+        Self { domain, metrics, headers: Arc::new(headers) }
     }
 
     /// The principal behind the credential in `http`, if it holds `required`.
@@ -149,57 +150,35 @@ fn overwrite(name: &str, value: String) -> HeaderValueOption {
     }
 }
 
-/// The denial for `err`: the same status `ValidateToken` would answer, as an
-/// HTTP response with the S4E error body.
-fn deny(err: Error, request_id: Option<&str>) -> (CheckResponse, String) {
-    let missing = matches!(err, Error::Unauthenticated(AuthFailure::Missing));
-    let status = to_status(err);
-    let http_status: u16 = match status.code() {
-        Code::Unauthenticated => 401,
-        Code::PermissionDenied => 403,
-        Code::ResourceExhausted => 429,
-        Code::InvalidArgument => 400,
-        Code::Unavailable => 503,
-        _ => 500,
-    };
-    let reason = status
-        .get_details_error_info()
-        .map_or_else(|| request::code_name(status.code()).to_owned(), |info| info.reason);
-    let body = serde_json::json!({
-        "status": "error",
-        "error": { "code": reason.to_ascii_lowercase(), "message": status.message() },
-    });
-    let mut headers = vec![overwrite("content-type", "application/json".to_owned())];
-    if http_status == 401 {
-        // RFC 6750: no error code when no credential was sent at all.
-        let challenge = if missing {
-            r#"Bearer realm="portcullis""#
-        } else {
-            r#"Bearer realm="portcullis", error="invalid_token""#
-        };
-        headers.push(overwrite("www-authenticate", challenge.to_owned()));
-    }
-    if let Some(retry_after) = status.metadata().get("retry-after").and_then(|v| v.to_str().ok()) {
-        headers.push(overwrite("retry-after", retry_after.to_owned()));
-    }
+/// The denial for `err`: the error table's HTTP status and S4E body, the
+/// headers of an HTTP denial (`www-authenticate` on 401, `retry-after`), and
+/// the same gRPC code `ValidateToken` would answer. Returns the table's
+/// reason too, for the metrics.
+fn deny(err: Error, request_id: Option<&str>) -> (CheckResponse, &'static str) {
+    let problem = Problem::from(err);
+    let mut headers: Vec<HeaderValueOption> = problem
+        .http_headers()
+        .into_iter()
+        .filter_map(|(name, value)| Some(overwrite(name.as_str(), value.to_str().ok()?.to_owned())))
+        .collect();
     if let Some(id) = request_id {
         headers.push(overwrite(REQUEST_ID_HEADER, id.to_owned()));
     }
     let denied = DeniedHttpResponse {
-        status: Some(HttpStatus { code: i32::from(http_status) }),
+        status: Some(HttpStatus { code: i32::from(problem.class.http.as_u16()) }),
         headers,
-        body: body.to_string(),
+        body: problem.s4e_body().to_string(),
     };
     let response = CheckResponse {
         status: Some(rpc::Status {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
+            code: problem.class.grpc as i32,
+            message: problem.message.clone(),
             details: vec![],
         }),
         http_response: Some(HttpResponse::DeniedResponse(denied)),
         dynamic_metadata: None,
     };
-    (response, reason)
+    (response, problem.class.reason)
 }
 
 /// The scopes a route requires: `required_scopes`, comma- or
@@ -218,15 +197,28 @@ fn required_scopes(extensions: &HashMap<String, String>) -> Vec<String> {
 
 #[tonic::async_trait]
 impl Authorization for EnvoyAuthorization {
-    #[tracing::instrument(name = "envoy_check", skip_all)]
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let own_id = request::id::from_extensions(request.extensions()).map(str::to_owned);
         let CheckRequest { attributes } = request.into_inner();
         let (http, extensions) = match attributes {
             Some(attributes) => (attributes.request.and_then(|r| r.http), attributes.context_extensions),
             None => (None, HashMap::new()),
         };
+        // The id of the HTTP request Envoy describes becomes this call's id
+        // (when acceptable), so the upstream, Envoy and the audit rows show
+        // one id. This runs inside the call's span (no span of its own).
+        let offered_id = http.as_ref().and_then(|http| {
+            http.headers
+                .get(REQUEST_ID_HEADER)
+                .map(String::as_str)
+                .or_else(|| (!http.id.is_empty()).then_some(http.id.as_str()))
+        });
+        let request_id =
+            offered_id.and_then(|id| request::id::accept(id.as_bytes())).map(str::to_owned).or(own_id);
+        if let Some(id) = &request_id {
+            tracing::Span::current().record("request_id", tracing::field::display(id));
+        }
         let Some(http) = http else {
-            let request_id = request::adopt_request_id(None);
             tracing::info!("ext_authz check without HTTP attributes refused");
             let (response, _) = deny(
                 Error::invalid(
@@ -235,23 +227,26 @@ impl Authorization for EnvoyAuthorization {
                 ),
                 request_id.as_deref(),
             );
-            return Ok(Response::new(response));
+            return Ok(with_request_id(response, request_id.as_deref()));
         };
-        let offered_id = http
-            .headers
-            .get(REQUEST_ID_HEADER)
-            .map(String::as_str)
-            .or_else(|| (!http.id.is_empty()).then_some(http.id.as_str()));
-        let request_id = request::adopt_request_id(offered_id);
         let required = required_scopes(&extensions);
         let (response, result) = match self.authorize(&http, &required).await {
-            Ok(principal) => (self.allow(&principal, request_id.as_deref()), "VALID".to_owned()),
+            Ok(principal) => (self.allow(&principal, request_id.as_deref()), "valid"),
             Err(err) => deny(err, request_id.as_deref()),
         };
-        request::with_metrics(|metrics| metrics.record_validation("envoy_check", &result));
-        tracing::debug!(result = %result, method = %http.method, "ext_authz check");
-        Ok(Response::new(response))
+        self.metrics.record_validation("envoy_check", result);
+        tracing::debug!(result, method = %http.method, "ext_authz check");
+        Ok(with_request_id(response, request_id.as_deref()))
     }
+}
+
+/// The response, with the call's request id in its metadata.
+fn with_request_id(response: CheckResponse, request_id: Option<&str>) -> Response<CheckResponse> {
+    let mut response = Response::new(response);
+    if let Some(value) = request_id.and_then(|id| id.parse().ok()) {
+        response.metadata_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
 }
 
 #[cfg(test)]
@@ -270,7 +265,7 @@ mod tests {
 
     #[test]
     fn denials_carry_the_s4e_body_and_status() {
-        let (response, reason) = deny(AuthFailure::Missing.into(), Some("req-1"));
+        let (response, reason) = deny(crate::domain::AuthFailure::Missing.into(), Some("req-1"));
         assert_eq!(reason, "UNAUTHORIZED");
         assert_eq!(response.status.unwrap().code, Code::Unauthenticated as i32);
         let Some(HttpResponse::DeniedResponse(denied)) = response.http_response else { panic!() };

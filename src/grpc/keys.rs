@@ -5,10 +5,11 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, request_ctx, to_status};
+use super::{authenticated, convert, to_status};
 use crate::{
     domain::{Domain, Error, KeyPatch, NewKeyInput},
     proto::v1::{self as pb, key_service_server},
+    request::Call,
 };
 
 /// The `KeyService` implementation.
@@ -32,8 +33,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::CreateApiKeyRequest { name, scopes, environment, expire_time, owner_id } =
             request.into_inner();
         let input = NewKeyInput {
@@ -55,7 +55,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::GetApiKeyRequest>,
     ) -> Result<Response<pb::GetApiKeyResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::GetApiKeyRequest { key_id } = request.into_inner();
         let key = self.domain.get_key(&caller, key_id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetApiKeyResponse { api_key: Some(key.into()) }))
@@ -66,7 +66,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListApiKeysRequest { owner_id, page_size, page_token } = request.into_inner();
         let page =
             self.domain.list_keys(&caller, owner_id, page_size, &page_token).await.map_err(to_status)?;
@@ -81,8 +81,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::UpdateApiKeyRequest>,
     ) -> Result<Response<pb::UpdateApiKeyResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::UpdateApiKeyRequest { api_key, update_mask } = request.into_inner();
         let api_key = api_key.ok_or_else(|| to_status(Error::invalid("api_key", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
@@ -111,8 +110,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
         let key = self.domain.revoke_key(&ctx, &caller, key_id).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeApiKeyResponse { api_key: Some(key.into()) }))
@@ -123,8 +121,7 @@ impl key_service_server::KeyService for KeyService {
         &self,
         request: Request<pb::RotateApiKeyRequest>,
     ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RotateApiKeyRequest { key_id, overlap } = request.into_inner();
         let overlap = convert::duration_from(overlap, "overlap").map_err(to_status)?.unwrap_or_default();
         let (issued, previous) =

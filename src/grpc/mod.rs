@@ -1,5 +1,7 @@
-//! The gRPC edge: tonic services that validate, read the caller, convert,
-//! make one domain call and convert back. No SQL, hashing or policy here.
+//! The gRPC edge: tonic services whose handlers all read alike — extract the
+//! [`Call`], convert, one domain call, convert back — and [`router`], the
+//! routes of every service served on the port (portcullis's own, health,
+//! reflection, Envoy's `ext_authz`). No SQL, hashing or policy here.
 
 mod audit;
 mod auth;
@@ -12,6 +14,11 @@ mod user;
 
 use std::sync::Arc;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use http::Response;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request};
+
 pub use audit::AuditService;
 pub use auth::AuthService;
 pub use envoy::{EnvoyAuthorization, IdentityHeaders};
@@ -19,85 +26,187 @@ pub use keys::KeyService;
 pub use status::to_status;
 pub use user::UserService;
 
-use tonic::metadata::{KeyAndValueRef, MetadataMap};
+use crate::{
+    config::Config,
+    domain::{Domain, Principal},
+    errors::{self, Problem},
+    metrics::Metrics,
+    proto::{
+        self,
+        v1::{
+            audit_service_server::AuditServiceServer, auth_service_server::AuthServiceServer,
+            key_service_server::KeyServiceServer, user_service_server::UserServiceServer,
+        },
+    },
+    request::{Call, Source},
+    server::EndStreamsLayer,
+};
 
-use crate::domain::{Actor, CredentialId, Ctx, Domain, Principal, credential};
+/// The request's [`Source`]: its metadata and extensions.
+fn source<T>(request: &Request<T>) -> Source<'_> {
+    Source::new(request.metadata().as_ref(), request.extensions())
+}
 
-/// Finds the caller's own credential in the request metadata
-/// (`authorization`, `x-api-key`, `cookie`), if there is one.
+/// A call that needs no credential of its own.
+fn anonymous<T>(domain: &Domain, request: &Request<T>) -> Call<()> {
+    Call::anonymous(domain, &source(request))
+}
+
+/// A call that must carry the caller's own credential in its metadata.
 ///
 /// # Errors
-/// `Unauthenticated` for a missing or ambiguous credential.
-fn caller_token(domain: &Domain, metadata: &MetadataMap) -> Result<String, crate::domain::Error> {
-    let headers: Vec<(&str, &str)> = metadata
-        .iter()
-        .filter_map(|entry| match entry {
-            KeyAndValueRef::Ascii(key, value) => Some((key.as_str(), value.to_str().ok()?)),
-            KeyAndValueRef::Binary(..) => None,
+/// A missing, ambiguous or invalid credential.
+async fn authenticated<T>(domain: &Domain, request: &Request<T>) -> Result<Call<Principal>, tonic::Status> {
+    Call::authenticated(domain, &source(request)).await.map_err(to_status)
+}
+
+/// Everything `router` serves on the gRPC port.
+pub struct Routes<H> {
+    /// The rules.
+    pub domain: Arc<Domain>,
+    /// Where validations and logins are counted.
+    pub metrics: Arc<Metrics>,
+    /// The health service (its status is set by the app).
+    pub health: tonic_health::pb::health_server::HealthServer<H>,
+    /// Cancelled when the server closes: open streams end then.
+    pub closed: CancellationToken,
+}
+
+/// The routes of every gRPC service, for the request stack's dispatch.
+///
+/// # Errors
+/// The reflection descriptors do not decode (a build defect).
+pub fn router<H: tonic_health::pb::health_server::Health>(
+    routes: Routes<H>,
+    config: &Config,
+) -> anyhow::Result<axum::Router> {
+    let Routes { domain, metrics, health, closed } = routes;
+    let max = config.max_message_bytes;
+    let end_streams = EndStreamsLayer::new(closed);
+    let reflection_v1 = descriptor_sets(tonic_reflection::server::Builder::configure()).build_v1()?;
+    // grpcurl 1.8 still asks the v1alpha reflection service.
+    let reflection_v1alpha =
+        descriptor_sets(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+    let envoy = EnvoyAuthorization::new(
+        Arc::clone(&domain),
+        Arc::clone(&metrics),
+        IdentityHeaders {
+            user_id: config.envoy_user_id_header.clone(),
+            role: config.envoy_role_header.clone(),
+            scopes: config.envoy_scopes_header.clone(),
+            session_id: config.envoy_session_id_header.clone(),
+            key_id: config.envoy_key_id_header.clone(),
+        },
+    );
+    let served = axum::Router::new()
+        .route_service(&path_of::<AuthServiceServer<AuthService>>(), {
+            AuthServiceServer::new(AuthService::new(Arc::clone(&domain), Arc::clone(&metrics)))
+                .max_decoding_message_size(max)
         })
-        .collect();
-    credential::find(domain.credential_sources(), headers, "")
+        .route_service(
+            &path_of::<UserServiceServer<UserService>>(),
+            UserServiceServer::new(UserService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        )
+        .route_service(
+            &path_of::<KeyServiceServer<KeyService>>(),
+            KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        )
+        .route_service(
+            &path_of::<AuditServiceServer<AuditService>>(),
+            AuditServiceServer::new(AuditService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        )
+        .route_service(
+            &path_of::<AuthorizationServer<EnvoyAuthorization>>(),
+            AuthorizationServer::new(envoy).max_decoding_message_size(max),
+        )
+        .route_service(&named_path(&health), tower::Layer::layer(&end_streams, health))
+        .route_service(&named_path(&reflection_v1), tower::Layer::layer(&end_streams, reflection_v1))
+        .route_service(
+            &named_path(&reflection_v1alpha),
+            tower::Layer::layer(&end_streams, reflection_v1alpha),
+        )
+        .fallback(|| async {
+            Problem::new(errors::UNIMPLEMENTED, "no such service or method").into_grpc_response()
+        })
+        .layer(tower::util::MapResponseLayer::new(framework_status));
+    Ok(served)
 }
 
-/// The authenticated caller of a request.
-///
-/// # Errors
-/// As [`caller_token`], or the token's validation failure.
-async fn caller(domain: &Arc<Domain>, metadata: &MetadataMap) -> Result<Principal, tonic::Status> {
-    let token = caller_token(domain, metadata).map_err(to_status)?;
-    domain.validate_token(&token, &[]).await.map_err(to_status)
+/// `/<package.Service>/{*method}` for a tonic server.
+fn path_of<S: tonic::server::NamedService>() -> String {
+    format!("/{}/{{*method}}", S::NAME)
 }
 
-/// The caller, when the request carries a credential at all.
-///
-/// # Errors
-/// A credential that is present but not valid.
-async fn optional_caller(
-    domain: &Arc<Domain>,
-    metadata: &MetadataMap,
-) -> Result<Option<Principal>, tonic::Status> {
-    match caller_token(domain, metadata) {
-        Err(crate::domain::Error::Unauthenticated(crate::domain::AuthFailure::Missing)) => Ok(None),
-        Err(err) => Err(to_status(err)),
-        Ok(token) => domain.validate_token(&token, &[]).await.map(Some).map_err(to_status),
+/// [`path_of`] for a server whose type cannot be named.
+fn named_path<S: tonic::server::NamedService>(_: &S) -> String {
+    path_of::<S>()
+}
+
+/// Registers every descriptor set served: portcullis, health, the error
+/// details (so grpcurl can decode `ErrorInfo`, `BadRequest`, `RetryInfo`),
+/// and Envoy's `ext_authz`.
+fn descriptor_sets(builder: tonic_reflection::server::Builder<'_>) -> tonic_reflection::server::Builder<'_> {
+    builder
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(envoy::FILE_DESCRIPTOR_SET)
+}
+
+/// Every gRPC method served, as (`package.Service`, `Method`): the label
+/// values of the RPC metrics.
+#[must_use]
+pub fn served_methods() -> Vec<(String, String)> {
+    use prost::Message as _;
+    let mut methods = Vec::new();
+    let services = [
+        "portcullis.v1.AuthService",
+        "portcullis.v1.UserService",
+        "portcullis.v1.KeyService",
+        "portcullis.v1.AuditService",
+        "grpc.health.v1.Health",
+        "envoy.service.auth.v3.Authorization",
+    ];
+    for set in [proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET, envoy::FILE_DESCRIPTOR_SET]
+    {
+        let Ok(set) = prost_types::FileDescriptorSet::decode(set) else { continue };
+        for file in &set.file {
+            let package = file.package();
+            for service in &file.service {
+                let name = format!("{package}.{}", service.name());
+                if services.contains(&name.as_str()) {
+                    methods.extend(service.method.iter().map(|m| (name.clone(), m.name().to_owned())));
+                }
+            }
+        }
     }
-}
-
-/// The rules' context for a request: its request id, the end user's IP and
-/// user agent, and (once known) who is acting.
-///
-/// The IP is the connection's peer, unless the caller is trusted (a
-/// configured trusted peer, or a caller authenticated with an API key) and
-/// names the end user's IP in `client.ip`; a forwarded value from anyone else
-/// is ignored.
-fn request_ctx(
-    domain: &Domain,
-    metadata: &MetadataMap,
-    peer: Option<std::net::SocketAddr>,
-    caller: Option<&Principal>,
-    client: Option<&crate::proto::v1::ClientInfo>,
-) -> Ctx {
-    let peer_ip = peer.map(|addr| addr.ip());
-    let trusted = caller.is_some_and(|c| matches!(c.credential, CredentialId::ApiKey(_)))
-        || peer_ip.is_some_and(|ip| domain.is_trusted_peer(ip));
-    let claimed = client.and_then(|c| c.ip.parse::<std::net::IpAddr>().ok());
-    let client_ip = if trusted { claimed.or(peer_ip) } else { peer_ip };
-    let user_agent = client
-        .map(|c| c.user_agent.clone())
-        .filter(|ua| !ua.is_empty())
-        .or_else(|| metadata.get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default();
-    let ctx = Ctx { request_id: request_id(metadata), client_ip, user_agent, actor: Actor::Anonymous };
-    match caller {
-        Some(caller) => ctx.acting_as(caller),
-        None => ctx,
+    methods.sort();
+    methods.dedup();
+    for service in ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"] {
+        methods.push((service.to_owned(), "ServerReflectionInfo".to_owned()));
     }
+    methods
 }
 
-/// The request id the request layer kept or made for this call (see
-/// `request.rs`); the header it wrote back is the fallback.
-fn request_id(metadata: &MetadataMap) -> String {
-    crate::request::current_request_id()
-        .or_else(|| metadata.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default()
+/// Gives the statuses tonic itself answers — a body that does not decode, a
+/// message over `max_message_bytes` — their row of the error table: our
+/// handlers' statuses always carry `ErrorInfo`; one without came from the
+/// framework.
+fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body::Body> {
+    let Some(status) = response.extensions().get::<tonic::Status>() else { return response };
+    if !status.details().is_empty() {
+        return response;
+    }
+    let problem = match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => Problem::new(
+            errors::MESSAGE_TOO_LARGE,
+            format!("the request message is larger than the server accepts: {}", status.message()),
+        ),
+        Code::Internal if status.message().contains("decode") || status.message().contains("compression") => {
+            Problem::invalid("message", format!("the request message does not decode ({})", status.message()))
+        }
+        Code::Unimplemented => Problem::new(errors::UNIMPLEMENTED, status.message()),
+        _ => Problem::new(errors::INTERNAL, "internal error"),
+    };
+    problem.into_grpc_response()
 }

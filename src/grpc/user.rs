@@ -5,10 +5,11 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use tonic::{Request, Response, Status};
 
-use super::{caller, convert, request_ctx, to_status};
+use super::{authenticated, convert, to_status};
 use crate::{
     domain::{Domain, Error, NewUserInput, Role, UserPatch},
     proto::v1::{self as pb, user_service_server},
+    request::Call,
 };
 
 /// The UserService implementation.
@@ -32,8 +33,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::CreateUserResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::CreateUserRequest { email, password, role, session_lifetime, kind } = request.into_inner();
         let input = NewUserInput {
             kind: convert::user_kind_from(kind, "kind").map_err(to_status)?,
@@ -52,7 +52,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::GetUserRequest { user_id } = request.into_inner();
         let user = self.domain.get_user(&caller, user_id).await.map_err(to_status)?;
         Ok(Response::new(pb::GetUserResponse { user: Some(user.into()) }))
@@ -63,7 +63,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListUsersRequest { page_size, page_token } = request.into_inner();
         let page = self.domain.list_users(&caller, page_size, &page_token).await.map_err(to_status)?;
         Ok(Response::new(pb::ListUsersResponse {
@@ -77,8 +77,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::UpdateUserRequest { user, update_mask } = request.into_inner();
         let user = user.ok_or_else(|| to_status(Error::invalid("user", "must be set")))?;
         let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
@@ -115,8 +114,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::ChangePasswordRequest { current_password, new_password } = request.into_inner();
         let revoked = self
             .domain
@@ -131,8 +129,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::SetPasswordRequest>,
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::SetPasswordRequest { user_id, new_password } = request.into_inner();
         let revoked =
             self.domain.set_password(&ctx, &caller, user_id, &new_password).await.map_err(to_status)?;
@@ -144,7 +141,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::EnrollTotpRequest>,
     ) -> Result<Response<pb::EnrollTotpResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::EnrollTotpRequest {} = request.into_inner();
         let enrollment = self.domain.enroll_totp(&caller).await.map_err(to_status)?;
         Ok(Response::new(pb::EnrollTotpResponse {
@@ -159,8 +156,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::ConfirmTotpRequest>,
     ) -> Result<Response<pb::ConfirmTotpResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::ConfirmTotpRequest { code } = request.into_inner();
         let codes = self.domain.confirm_totp(&ctx, &caller, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::ConfirmTotpResponse { recovery_codes: convert::exposed(&codes) }))
@@ -171,7 +167,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::SendEmailCodeRequest>,
     ) -> Result<Response<pb::SendEmailCodeResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
+        let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::SendEmailCodeRequest {} = request.into_inner();
         let expires_at = self.domain.send_email_code(&caller).await.map_err(to_status)?;
         Ok(Response::new(pb::SendEmailCodeResponse { expire_time: Some(convert::timestamp(expires_at)) }))
@@ -182,8 +178,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::ConfirmEmailMfaRequest>,
     ) -> Result<Response<pb::ConfirmEmailMfaResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::ConfirmEmailMfaRequest { code } = request.into_inner();
         let codes = self.domain.confirm_email_mfa(&ctx, &caller, &code).await.map_err(to_status)?;
         Ok(Response::new(pb::ConfirmEmailMfaResponse { recovery_codes: convert::exposed(&codes) }))
@@ -194,8 +189,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::DisableMfaRequest>,
     ) -> Result<Response<pb::DisableMfaResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::DisableMfaRequest { password, code, method } = request.into_inner();
         let method = convert::mfa_method_from(method, "method").map_err(to_status)?;
         self.domain.disable_mfa(&ctx, &caller, &password, method, &code).await.map_err(to_status)?;
@@ -207,8 +201,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::RegenerateRecoveryCodesRequest>,
     ) -> Result<Response<pb::RegenerateRecoveryCodesResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RegenerateRecoveryCodesRequest {} = request.into_inner();
         let codes = self.domain.regenerate_recovery_codes(&ctx, &caller).await.map_err(to_status)?;
         Ok(Response::new(pb::RegenerateRecoveryCodesResponse { recovery_codes: convert::exposed(&codes) }))
@@ -219,8 +212,7 @@ impl user_service_server::UserService for UserService {
         &self,
         request: Request<pb::ResetMfaRequest>,
     ) -> Result<Response<pb::ResetMfaResponse>, Status> {
-        let caller = caller(&self.domain, request.metadata()).await?;
-        let ctx = request_ctx(&self.domain, request.metadata(), request.remote_addr(), Some(&caller), None);
+        let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::ResetMfaRequest { user_id } = request.into_inner();
         let revoked = self.domain.reset_mfa(&ctx, &caller, user_id).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetMfaResponse { revoked_sessions: revoked as i64 }))

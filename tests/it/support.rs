@@ -149,6 +149,8 @@ pub fn test_config(db: &TestDb) -> Config {
         database_url: db.url.clone(),
         database_max_connections: 5,
         health_probe_interval: Duration::from_millis(100),
+        // Tests stop servers often: no drain (the drain has its own tests).
+        shutdown_drain: Duration::ZERO,
         // PostgreSQL needs the key configured; SQLite makes a key file
         // beside its database (in the test's temporary folder).
         mfa_key: if db.postgres.is_some() { TEST_MFA_KEY.into() } else { String::new() },

@@ -1,0 +1,69 @@
+//! What `grpc.health.v1.Health` answers: SERVING while the database answers,
+//! NOT_SERVING while it does not, and NOT_SERVING from the moment the server
+//! starts to stop (so load balancers and Envoy stop sending before it
+//! closes).
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::domain::Domain;
+
+/// The services whose health follows the database's. Envoy can health-check
+/// its `ext_authz` cluster by the service's name.
+const SERVICES: [&str; 6] = [
+    "",
+    "portcullis.v1.AuthService",
+    "portcullis.v1.UserService",
+    "portcullis.v1.KeyService",
+    "portcullis.v1.AuditService",
+    "envoy.service.auth.v3.Authorization",
+];
+
+/// Sets every service's status.
+pub async fn set_all(health: &HealthReporter, status: ServingStatus) {
+    for service in SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Asks the database once and reports the result when it changed from
+/// `last`.
+pub async fn probe_once(
+    domain: &Domain,
+    health: &HealthReporter,
+    last: Option<ServingStatus>,
+) -> ServingStatus {
+    let status = match domain.store().ping().await {
+        Ok(()) => ServingStatus::Serving,
+        Err(err) => {
+            tracing::warn!(error = %err, "database health probe failed");
+            ServingStatus::NotServing
+        }
+    };
+    if last != Some(status) {
+        set_all(health, status).await;
+    }
+    status
+}
+
+/// Probes the database every `every` until `stop` is cancelled.
+pub async fn probe(
+    domain: Arc<Domain>,
+    health: HealthReporter,
+    every: Duration,
+    first: ServingStatus,
+    stop: CancellationToken,
+) {
+    let mut last = Some(first);
+    let mut interval = tokio::time::interval(every);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        last = Some(probe_once(&domain, &health, last).await);
+    }
+}
