@@ -33,6 +33,7 @@ use std::{
 use anyhow::Context as _;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
+use http_body_util::{Either, Empty};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -204,10 +205,15 @@ impl Connection {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::new());
+        // When this connection ends, for whatever reason, calls still in
+        // flight on it are dropped: their client is gone.
+        let gone = CancellationToken::new();
+        let _gone = gone.clone().drop_guard();
         let service = TowerToHyperService::new(Tracked {
             inner: service,
             info: self.info.clone(),
             activity: Arc::clone(&activity),
+            gone,
         });
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
@@ -286,22 +292,27 @@ impl Activity {
 }
 
 /// The per-connection service: records the peer for the handlers and the
-/// calls in flight for the idle timeout.
+/// calls in flight for the idle timeout, and drops the calls still in flight
+/// when the connection is gone (hyper would otherwise run them to the end
+/// for nobody).
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     info: TcpConnectInfo,
     activity: Arc<Activity>,
+    gone: CancellationToken,
 }
 
 impl<S, B> Service<Request<hyper::body::Incoming>> for Tracked<S>
 where
     S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>,
     S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
 {
-    type Response = Response<B>;
+    type Response = Response<Either<B, Empty<B::Data>>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -314,9 +325,15 @@ where
         self.activity.changed.notify_waiters();
         let guard = InFlight(Arc::clone(&self.activity));
         let call = self.inner.call(request);
+        let gone = self.gone.clone();
         Box::pin(async move {
             let _guard = guard;
-            call.await
+            tokio::select! {
+                biased;
+                response = call => response.map(|response| response.map(Either::Left)),
+                // Nobody will read this answer.
+                () = gone.cancelled() => Ok(Response::new(Either::Right(Empty::new()))),
+            }
         })
     }
 }

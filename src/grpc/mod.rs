@@ -189,14 +189,22 @@ pub fn served_methods() -> Vec<(String, String)> {
 }
 
 /// Gives the statuses tonic itself answers — a body that does not decode, a
-/// message over `max_message_bytes` — their row of the error table: our
-/// handlers' statuses always carry `ErrorInfo`; one without came from the
+/// message over `max_message_bytes`, a method the service does not have —
+/// their row of the error table: our handlers' statuses always carry
+/// `ErrorInfo` (`grpc-status-details-bin`); an error without came from the
 /// framework.
 fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body::Body> {
-    let Some(status) = response.extensions().get::<tonic::Status>() else { return response };
-    if !status.details().is_empty() {
+    let headers = response.headers();
+    let failed = headers.get("grpc-status").is_some_and(|code| code.as_bytes() != b"0");
+    if !failed || headers.contains_key("grpc-status-details-bin") {
         return response;
     }
+    let status = response
+        .extensions()
+        .get::<tonic::Status>()
+        .cloned()
+        .or_else(|| tonic::Status::from_header_map(headers))
+        .unwrap_or_else(|| tonic::Status::unknown(""));
     let problem = match status.code() {
         Code::OutOfRange | Code::ResourceExhausted => Problem::new(
             errors::MESSAGE_TOO_LARGE,
@@ -205,7 +213,7 @@ fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body
         Code::Internal if status.message().contains("decode") || status.message().contains("compression") => {
             Problem::invalid("message", format!("the request message does not decode ({})", status.message()))
         }
-        Code::Unimplemented => Problem::new(errors::UNIMPLEMENTED, status.message()),
+        Code::Unimplemented => Problem::new(errors::UNIMPLEMENTED, "no such method"),
         _ => Problem::new(errors::INTERNAL, "internal error"),
     };
     problem.into_grpc_response()

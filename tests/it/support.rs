@@ -245,6 +245,20 @@ impl TestApp {
         }
     }
 
+    /// Sends the server its shutdown signal without waiting for it to stop.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for a server whose stop was signalled to finish.
+    pub async fn stopped(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
     /// Stops the server, leaving its database (shared with another server).
     pub async fn stop_keeping_database(mut self) {
         self.stop_server().await;
