@@ -195,9 +195,14 @@ impl App {
             },
             &config,
         )?;
-        let http = axum::Router::new().fallback(|| async {
-            crate::errors::Problem::new(crate::errors::NOT_FOUND, "no such path").into_s4e_response()
-        });
+        let http = crate::http::router(
+            crate::http::State {
+                domain: Arc::clone(&domain),
+                metrics: Arc::clone(&metrics),
+                settings: Arc::new(crate::http::Settings::from_config(&config)),
+            },
+            &config,
+        );
         let service = request::stack(
             grpc,
             http,

@@ -13,6 +13,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 /// Service configuration.
+#[allow(clippy::struct_excessive_bools, reason = "a configuration is a list of switches")]
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -38,6 +39,27 @@ pub struct Config {
     pub refresh_grace: Duration,
     /// Cookie that carries a session token in browsers.
     pub session_cookie_name: String,
+    /// Whether the session cookie is `Secure` (sent over HTTPS only). Turn
+    /// off only for `http://localhost` development: start-up refuses it on
+    /// an address other than loopback.
+    pub session_cookie_secure: bool,
+    /// Origins (`https://app.example.com`) whose pages may call the HTTP API
+    /// with the session cookie: CORS with credentials is allowed for them,
+    /// and a state-changing request authenticated only by the cookie must
+    /// come from one of them.
+    pub allowed_origins: Vec<String>,
+    /// Serve the S4E dialect of the HTTP API (`<s4e_prefix>/auth/…`,
+    /// `<s4e_prefix>/api-keys`).
+    pub s4e_api: bool,
+    /// Where the S4E dialect lives.
+    pub s4e_prefix: String,
+    /// Serve the Rehive dialect of the HTTP API (`/3/auth/login/`, …).
+    pub rehive_api: bool,
+    /// Serve forward auth for nginx `auth_request`, Traefik `ForwardAuth`
+    /// and Caddy `forward_auth`.
+    pub forward_auth: bool,
+    /// Where forward auth answers.
+    pub forward_auth_path: String,
     /// Query parameter that may carry a token.
     pub token_query_param: String,
     /// argon2id memory cost in KiB (OWASP: 19 MiB).
@@ -272,6 +294,13 @@ impl Default for Config {
             session_absolute_lifetime: Duration::from_hours(30 * 24),
             refresh_grace: Duration::from_secs(30),
             session_cookie_name: "portcullis_session".into(),
+            session_cookie_secure: true,
+            allowed_origins: Vec::new(),
+            s4e_api: true,
+            s4e_prefix: "/api/user".into(),
+            rehive_api: true,
+            forward_auth: true,
+            forward_auth_path: "/auth/verify".into(),
             token_query_param: "token".into(),
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
@@ -479,6 +508,39 @@ impl Config {
         }
         if self.session_cookie_name.is_empty() || self.token_query_param.is_empty() {
             return bad("session_cookie_name/token_query_param", "must not be empty");
+        }
+        if !self.session_cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return bad("session_cookie_name", "must be letters, digits, '_' or '-'");
+        }
+        if !self.session_cookie_secure && !self.listen_addr.ip().is_loopback() {
+            return bad(
+                "session_cookie_secure",
+                "may be false only on a loopback listen_addr (http://localhost development)",
+            );
+        }
+        for origin in &self.allowed_origins {
+            let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.ends_with('/')
+                && origin.bytes().all(|b| b.is_ascii_graphic())
+                && http::HeaderValue::from_str(origin).is_ok();
+            if !valid {
+                return bad(
+                    "allowed_origins",
+                    &format!(
+                        "{origin:?} is not an origin like \"https://app.example.com\" (scheme and host, no path)"
+                    ),
+                );
+            }
+        }
+        for (name, path) in [("s4e_prefix", &self.s4e_prefix), ("forward_auth_path", &self.forward_auth_path)]
+        {
+            let valid = path.starts_with('/')
+                && path.len() > 1
+                && !path.ends_with('/')
+                && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+            if !valid {
+                return bad(name, "must be a path like \"/api/user\" (no trailing slash)");
+            }
         }
         // NaN fails `contains` too.
         if !(0.0..=1.0).contains(&self.captcha_googlev3_min_score) {

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod errors;
 pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod request;

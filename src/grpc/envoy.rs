@@ -48,7 +48,7 @@ pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
 const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Names of the headers an allowed request gets for its upstream.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityHeaders {
     /// The user's id.
     pub user_id: String,
@@ -60,6 +60,20 @@ pub struct IdentityHeaders {
     pub session_id: String,
     /// The key id, for an API key.
     pub key_id: String,
+}
+
+impl IdentityHeaders {
+    /// The names `config` gives them (`envoy_*_header`).
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            user_id: config.envoy_user_id_header.clone(),
+            role: config.envoy_role_header.clone(),
+            scopes: config.envoy_scopes_header.clone(),
+            session_id: config.envoy_session_id_header.clone(),
+            key_id: config.envoy_key_id_header.clone(),
+        }
+    }
 }
 
 /// The external authorization service.

@@ -90,13 +90,7 @@ pub fn router<H: tonic_health::pb::health_server::Health>(
     let envoy = EnvoyAuthorization::new(
         Arc::clone(&domain),
         Arc::clone(&metrics),
-        IdentityHeaders {
-            user_id: config.envoy_user_id_header.clone(),
-            role: config.envoy_role_header.clone(),
-            scopes: config.envoy_scopes_header.clone(),
-            session_id: config.envoy_session_id_header.clone(),
-            key_id: config.envoy_key_id_header.clone(),
-        },
+        IdentityHeaders::from_config(config),
     );
     let served = axum::Router::new()
         .route_service(&path_of::<AuthServiceServer<AuthService>>(), {
