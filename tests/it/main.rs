@@ -18,6 +18,7 @@ mod keys;
 mod mfa;
 mod observability;
 mod operations;
+mod properties;
 mod serving;
 mod sessions;
 mod smtp;
