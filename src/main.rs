@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
     app::{self, App},
     config::Config,
-    domain::{Ctx, KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
+    domain::{Ctx, KeyEnvironment, KeyId, NewUserInput, Role, SystemClock, UserKind},
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -157,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let app = App::build(config, Arc::new(SystemClock)).await?;
-            app.domain().revoke_key_unchecked(&Ctx::system(), id).await?;
+            app.domain().revoke_key_unchecked(&Ctx::system(), KeyId::new(id)).await?;
             eprintln!("revoked API key {id}");
             Ok(())
         }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use super::{CredentialId, Principal};
+use super::{CredentialId, KeyId, Principal, UserId};
 
 /// Who is acting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,9 +17,9 @@ pub enum Actor {
     /// No credential (a login, a token validation).
     Anonymous,
     /// A user's session.
-    User(i64),
+    User(UserId),
     /// An API key.
-    Key(i64),
+    Key(KeyId),
     /// The operator, through the command line.
     System,
 }

@@ -114,7 +114,7 @@ impl Domain {
         let lock = ctx.event(now, Action::AccountLocked, Outcome::Success, subject);
         if let Some(until) = self.store.record_failure(user.id, now, self.limits.lock, &[event], lock).await?
         {
-            tracing::warn!(user_id = user.id, %until, "account locked after repeated failures");
+            tracing::warn!(user_id = user.id.get(), %until, "account locked after repeated failures");
             crate::metrics::record_lockout();
         }
         Ok(())

@@ -341,7 +341,7 @@ impl Domain {
                 },
             )
             .await?;
-        tracing::info!(user_id = user.id, session_id = session.id, "session started");
+        tracing::info!(user_id = user.id.get(), session_id = session.id.get(), "session started");
         Ok(IssuedSession { token, session_id: session.id, expires_at, user })
     }
 }

@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use super::{
     Action, Actor, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Error, IssuedSession, MfaChallenge,
-    MfaMethod, Outcome, Principal, Result, SessionState, User, UserKind, limits::Flow, password::Password,
-    scope, token::TokenKind,
+    MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind, limits::Flow,
+    password::Password, scope, token::TokenKind,
 };
 use crate::store::{CodePurpose, NewSession};
 
@@ -149,7 +149,11 @@ impl Domain {
         if self.store.unused_recovery_codes(user.id).await? == 0 {
             methods.retain(|m| *m != MfaMethod::RecoveryCode);
         }
-        tracing::info!(user_id = user.id, session_id = session.id, "login pending a second factor");
+        tracing::info!(
+            user_id = user.id.get(),
+            session_id = session.id.get(),
+            "login pending a second factor"
+        );
         Ok(MfaChallenge { token, methods, expires_at })
     }
 
@@ -221,7 +225,11 @@ impl Domain {
         let accepted = self.check_code(&user, Some(session.id), code, now).await?;
         if !accepted {
             self.record_failure(ctx, &user, Action::MfaFailed, method_label(method)).await?;
-            tracing::info!(user_id = user.id, session_id = session.id, "wrong second-factor code");
+            tracing::info!(
+                user_id = user.id.get(),
+                session_id = session.id.get(),
+                "wrong second-factor code"
+            );
             return Err(AuthFailure::InvalidCode.into());
         }
         if !self.store.complete_pending(session.id, now).await? {
@@ -246,7 +254,7 @@ impl Domain {
     async fn check_code(
         &self,
         user: &User,
-        session_id: Option<i64>,
+        session_id: Option<SessionId>,
         code: Code,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -286,7 +294,7 @@ impl Domain {
     async fn email_code(
         &self,
         user: &User,
-        session_id: Option<i64>,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>> {
@@ -304,14 +312,14 @@ impl Domain {
             .send_code(user.email.as_str(), &code, self.mfa.email_code_lifetime.num_minutes())
             .await
             .map_err(|e| Error::Unavailable(Box::new(e)))?;
-        tracing::info!(user_id = user.id, "one-time code emailed");
+        tracing::info!(user_id = user.id.get(), "one-time code emailed");
         Ok(expires_at)
     }
 
     // === Enrolment (the user's own session) ===
 
     /// The caller's user, when the caller is a person's session.
-    async fn own_user(&self, caller: &Principal) -> Result<(User, i64)> {
+    async fn own_user(&self, caller: &Principal) -> Result<(User, SessionId)> {
         let Some(session_id) = caller.session_id() else {
             return Err(Error::Forbidden {
                 message: "second factors are managed with the user's own session".into(),
@@ -387,7 +395,7 @@ impl Domain {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
         }
         self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "TOTP turned on");
+        tracing::info!(user_id = user.id.get(), "TOTP turned on");
         Ok(shown.unwrap_or_default())
     }
 
@@ -430,7 +438,7 @@ impl Domain {
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
         self.store.enable_email_mfa(user.id, digests.as_deref(), Some(session_id), now, &[event]).await?;
         self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "email MFA turned on");
+        tracing::info!(user_id = user.id.get(), "email MFA turned on");
         Ok(shown.unwrap_or_default())
     }
 
@@ -474,7 +482,7 @@ impl Domain {
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
         self.store.disable_mfa(user.id, Some(session_id), now, &[event]).await?;
         self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "MFA turned off");
+        tracing::info!(user_id = user.id.get(), "MFA turned off");
         Ok(())
     }
 
@@ -501,7 +509,7 @@ impl Domain {
             format!("user:{}", user.id),
         );
         self.store.replace_recovery_codes(user.id, &digests, &[event]).await?;
-        tracing::info!(user_id = user.id, "recovery codes regenerated");
+        tracing::info!(user_id = user.id.get(), "recovery codes regenerated");
         Ok(shown)
     }
 
@@ -509,9 +517,9 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden` without the users-write scope; `NotFound`.
-    pub async fn reset_mfa(&self, ctx: &Ctx, caller: &Principal, user_id: i64) -> Result<u64> {
+    pub async fn reset_mfa(&self, ctx: &Ctx, caller: &Principal, user_id: UserId) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         self.store.user(user_id).await?.ok_or(Error::NotFound("user"))?;
@@ -522,7 +530,7 @@ impl Domain {
             .detail("reset by an administrator");
         let revoked = self.store.disable_mfa(user_id, None, now, &[event]).await?;
         self.validator.forget_user(user_id);
-        tracing::info!(user_id, revoked, "MFA reset by an administrator");
+        tracing::info!(user_id = user_id.get(), revoked, "MFA reset by an administrator");
         Ok(revoked)
     }
 
@@ -580,7 +588,7 @@ fn method_label(method: MfaMethod) -> &'static str {
     }
 }
 
-fn totp_context(user_id: i64) -> String {
+fn totp_context(user_id: UserId) -> String {
     format!("totp:{user_id}")
 }
 

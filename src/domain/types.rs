@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Error, Result, scope};
+use super::{Error, KeyId, Result, SessionId, UserId, scope};
 
 /// Longest email address accepted (RFC 5321 path limit).
 const MAX_EMAIL_BYTES: usize = 254;
@@ -122,7 +122,7 @@ impl UserKind {
 #[derive(Clone, Debug)]
 pub struct User {
     /// Identifier.
-    pub id: i64,
+    pub id: UserId,
     /// Normalised email.
     pub email: Email,
     /// Role.
@@ -300,9 +300,9 @@ pub struct ClientInfo {
 #[derive(Clone, Debug)]
 pub struct Session {
     /// Identifier.
-    pub id: i64,
+    pub id: SessionId,
     /// Owner.
-    pub user_id: i64,
+    pub user_id: UserId,
     /// Lifecycle state.
     pub state: SessionState,
     /// Lifetime granted at login; each refresh opens a window this long.
@@ -327,9 +327,9 @@ pub struct Session {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CredentialId {
     /// A session token, by session id.
-    Session(i64),
+    Session(SessionId),
     /// An API key, by key id.
-    ApiKey(i64),
+    ApiKey(KeyId),
 }
 
 /// Who a credential belongs to and what it may do.
@@ -338,7 +338,7 @@ pub struct Principal {
     /// Which credential.
     pub credential: CredentialId,
     /// Owner.
-    pub user_id: i64,
+    pub user_id: UserId,
     /// Owner's email.
     pub email: Email,
     /// Owner's role.
@@ -368,7 +368,7 @@ impl Principal {
 
     /// The session id, when the credential is a session token.
     #[must_use]
-    pub fn session_id(&self) -> Option<i64> {
+    pub fn session_id(&self) -> Option<SessionId> {
         match self.credential {
             CredentialId::Session(id) => Some(id),
             CredentialId::ApiKey(_) => None,
@@ -381,7 +381,7 @@ pub struct IssuedSession {
     /// The token; only its hash is stored.
     pub token: secrecy::SecretString,
     /// Session id.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// Expiry of this token.
     pub expires_at: DateTime<Utc>,
     /// The user.
@@ -473,9 +473,9 @@ impl KeyEnvironment {
 #[derive(Clone, Debug)]
 pub struct ApiKey {
     /// Identifier.
-    pub id: i64,
+    pub id: KeyId,
     /// The user the key acts as.
-    pub owner_id: i64,
+    pub owner_id: UserId,
     /// Human-readable name.
     pub name: String,
     /// Scopes held.
@@ -493,7 +493,7 @@ pub struct ApiKey {
     /// Revoked at, or stops at after a rotation's overlap.
     pub revoked_at: Option<DateTime<Utc>>,
     /// The key this one replaced.
-    pub rotated_from_id: Option<i64>,
+    pub rotated_from_id: Option<KeyId>,
 }
 
 impl ApiKey {

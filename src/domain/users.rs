@@ -1,8 +1,8 @@
 //! User accounts and passwords.
 
 use super::{
-    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserKind,
-    page_size, parse_page_token, password::Password, scope,
+    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserId,
+    UserKind, page_size, parse_page_token, password::Password, scope,
 };
 use crate::store::NewUser;
 
@@ -86,15 +86,15 @@ impl Domain {
                 },
             )
             .await?;
-        tracing::info!(user_id = user.id, role = user.role.as_str(), "user created");
+        tracing::info!(user_id = user.id.get(), role = user.role.as_str(), "user created");
         Ok(user)
     }
 
-    /// One user: the caller itself, or any with the users-read scope.
+    /// One user (`None`: the caller itself), or any with the users-read scope.
     ///
     /// # Errors
     /// `Forbidden` or `NotFound`.
-    pub async fn get_user(&self, caller: &Principal, user_id: i64) -> Result<User> {
+    pub async fn get_user(&self, caller: &Principal, user_id: Option<UserId>) -> Result<User> {
         let user_id = super::sessions::target_user(caller, user_id, scope::USERS_READ)?;
         self.store.user(user_id).await?.ok_or(Error::NotFound("user"))
     }
@@ -111,10 +111,10 @@ impl Domain {
         token: &str,
     ) -> Result<UserPage> {
         caller.require(scope::USERS_READ)?;
-        let after = parse_page_token(token)?;
+        let after = parse_page_token(token)?.map(UserId::new);
         let limit = page_size(requested_page_size, 50, 500);
         let users = self.store.list_users(after, limit + 1).await?;
-        Ok(Page::from_overfetch(users, limit, |u: &User| u.id))
+        Ok(Page::from_overfetch(users, limit, |u: &User| u.id.get()))
     }
 
     /// Changes a user. Disabling revokes every session at once.
@@ -125,11 +125,11 @@ impl Domain {
         &self,
         ctx: &Ctx,
         caller: &Principal,
-        user_id: i64,
+        user_id: UserId,
         patch: UserPatch,
     ) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user.id", "must be a positive user id"));
         }
         if let Some(Some(lifetime)) = patch.session_lifetime {
@@ -154,7 +154,7 @@ impl Domain {
             self.store.update_user(user_id, &patch, now, &[event]).await?.ok_or(Error::NotFound("user"))?;
         // Role and disabled flag are cached with each token.
         self.validator.forget_user(user_id);
-        tracing::info!(user_id, "user updated");
+        tracing::info!(user_id = user_id.get(), "user updated");
         Ok(user)
     }
 
@@ -199,7 +199,7 @@ impl Domain {
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(caller.user_id);
-        tracing::info!(user_id = caller.user_id, revoked, "password changed");
+        tracing::info!(user_id = caller.user_id.get(), revoked, "password changed");
         Ok(revoked)
     }
 
@@ -207,9 +207,15 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden`, `InvalidArgument`, `NotFound`.
-    pub async fn set_password(&self, ctx: &Ctx, caller: &Principal, user_id: i64, new: &str) -> Result<u64> {
+    pub async fn set_password(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        user_id: UserId,
+        new: &str,
+    ) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         let new = Password::parse(new, "new_password")?;
@@ -234,7 +240,7 @@ impl Domain {
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(user_id);
-        tracing::info!(user_id, revoked, "password set");
+        tracing::info!(user_id = user_id.get(), revoked, "password set");
         Ok(revoked)
     }
 

@@ -20,8 +20,8 @@ use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
 
 use super::{
-    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role, SessionState, User,
-    scope,
+    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
+    SessionState, User, UserId, scope,
     token::{TokenFormat, TokenHash, TokenKind},
 };
 use crate::store::{SessionMatch, Store};
@@ -44,7 +44,7 @@ enum Entry {
 }
 
 impl Entry {
-    fn user_id(&self) -> Option<i64> {
+    fn user_id(&self) -> Option<UserId> {
         match self {
             Entry::Session(known) => Some(known.user_id),
             Entry::Key(known) => Some(known.owner.id),
@@ -89,8 +89,8 @@ impl KnownKey {
 /// The facts needed to answer for a session token without the database.
 #[derive(Debug)]
 struct KnownSession {
-    session_id: i64,
-    user_id: i64,
+    session_id: SessionId,
+    user_id: UserId,
     email: Email,
     role: Role,
     disabled: bool,
@@ -247,18 +247,18 @@ impl Validator {
 
     /// Forgets every cached token of session `id`, here and (PostgreSQL)
     /// on every other replica.
-    pub fn forget_session(&self, id: i64) {
+    pub fn forget_session(&self, id: SessionId) {
         self.forget(Forget::Session(id));
     }
 
     /// Forgets API key `id`, here and on every other replica.
-    pub fn forget_key(&self, id: i64) {
+    pub fn forget_key(&self, id: KeyId) {
         self.forget(Forget::Key(id));
     }
 
     /// Forgets every cached session token and API key of user `id`, here and
     /// on every other replica.
-    pub fn forget_user(&self, id: i64) {
+    pub fn forget_user(&self, id: UserId) {
         self.forget(Forget::User(id));
     }
 
@@ -341,9 +341,9 @@ async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(CredentialId, Dat
 /// What a revocation makes the caches forget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Forget {
-    Session(i64),
-    Key(i64),
-    User(i64),
+    Session(SessionId),
+    Key(KeyId),
+    User(UserId),
 }
 
 impl std::fmt::Display for Forget {
@@ -363,9 +363,9 @@ impl std::str::FromStr for Forget {
         let (kind, id) = text.split_once(':').ok_or(())?;
         let id: i64 = id.parse().map_err(|_| ())?;
         match kind {
-            "session" => Ok(Forget::Session(id)),
-            "key" => Ok(Forget::Key(id)),
-            "user" => Ok(Forget::User(id)),
+            "session" => Ok(Forget::Session(SessionId::new(id))),
+            "key" => Ok(Forget::Key(KeyId::new(id))),
+            "user" => Ok(Forget::User(UserId::new(id))),
             _ => Err(()),
         }
     }

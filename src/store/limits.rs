@@ -9,7 +9,7 @@ use sea_orm::{
 };
 
 use super::{Store, audit, entity::users, unavailable};
-use crate::domain::{AuditEvent, Error, Result};
+use crate::domain::{AuditEvent, Error, Result, UserId};
 
 /// When and for how long accounts lock.
 #[derive(Clone, Copy, Debug)]
@@ -91,13 +91,13 @@ impl Store {
     /// threshold. `false` when the account is locked or out of attempts.
     pub async fn reserve_attempt(
         &self,
-        user_id: i64,
+        user_id: UserId,
         now: DateTime<Utc>,
         policy: LockPolicy,
     ) -> Result<bool> {
         let result = users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
-            .filter(users::Column::Id.eq(user_id))
+            .filter(users::Column::Id.eq(user_id.get()))
             .filter(users::Column::FailedAttempts.lt(policy.threshold))
             .filter(
                 sea_orm::Condition::any()
@@ -115,14 +115,15 @@ impl Store {
     /// and adds `lock_event`. Returns the end of the new lock, if any.
     pub async fn record_failure(
         &self,
-        user_id: i64,
+        user_id: UserId,
         now: DateTime<Utc>,
         policy: LockPolicy,
         events: &[AuditEvent],
         lock_event: AuditEvent,
     ) -> Result<Option<DateTime<Utc>>> {
         let txn = self.begin().await?;
-        let Some(user) = users::Entity::find_by_id(user_id).one(&txn).await.map_err(unavailable)? else {
+        let Some(user) = users::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let mut locked = None;
@@ -134,7 +135,7 @@ impl Store {
                 .col_expr(users::Column::LockedUntil, Expr::value(Some(until)))
                 .col_expr(users::Column::Lockouts, Expr::col(users::Column::Lockouts).add(1))
                 .col_expr(users::Column::FailedAttempts, Expr::value(0))
-                .filter(users::Column::Id.eq(user_id))
+                .filter(users::Column::Id.eq(user_id.get()))
                 .filter(users::Column::FailedAttempts.gte(policy.threshold))
                 .filter(users::Column::Lockouts.eq(user.lockouts))
                 .exec(&txn)
@@ -153,11 +154,11 @@ impl Store {
     }
 
     /// Clears the failed-attempt count and lock history after a success.
-    pub async fn reset_failures(&self, user_id: i64) -> Result<()> {
+    pub async fn reset_failures(&self, user_id: UserId) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::value(0))
             .col_expr(users::Column::Lockouts, Expr::value(0))
-            .filter(users::Column::Id.eq(user_id))
+            .filter(users::Column::Id.eq(user_id.get()))
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::FailedAttempts.gt(0))

@@ -16,7 +16,7 @@ use super::{
     sessions::revoke_user_sessions_in,
     unavailable,
 };
-use crate::domain::{AuditEvent, Result, SessionState};
+use crate::domain::{AuditEvent, Result, SessionId, SessionState, UserId};
 
 /// Most code attempts, per pending login and per emailed code.
 pub const MAX_CODE_ATTEMPTS: i32 = 5;
@@ -60,19 +60,19 @@ impl CodePurpose {
 impl Store {
     /// Stores a new, unconfirmed TOTP secret, replacing an unconfirmed one.
     /// Returns `false` when TOTP is already confirmed.
-    pub async fn begin_totp(&self, user_id: i64, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
+    pub async fn begin_totp(&self, user_id: UserId, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
         let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(false))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
-        if totp_secrets::Entity::find_by_id(user_id).one(&txn).await.map_err(unavailable)?.is_some() {
+        if totp_secrets::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?.is_some() {
             return Ok(false);
         }
         totp_secrets::ActiveModel {
-            user_id: Set(user_id),
+            user_id: Set(user_id.get()),
             secret_sealed: Set(sealed),
             confirmed: Set(false),
             last_step: Set(None),
@@ -86,8 +86,8 @@ impl Store {
     }
 
     /// The user's TOTP secret, if any.
-    pub async fn totp(&self, user_id: i64) -> Result<Option<TotpRow>> {
-        Ok(totp_secrets::Entity::find_by_id(user_id)
+    pub async fn totp(&self, user_id: UserId) -> Result<Option<TotpRow>> {
+        Ok(totp_secrets::Entity::find_by_id(user_id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -96,10 +96,10 @@ impl Store {
 
     /// Accepts TOTP time step `step` once: only if it is later than the last
     /// accepted step (compare-and-set).
-    pub async fn accept_totp_step(&self, user_id: i64, step: i64) -> Result<bool> {
+    pub async fn accept_totp_step(&self, user_id: UserId, step: i64) -> Result<bool> {
         let result = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(true))
             .filter(
                 Condition::any()
@@ -117,10 +117,10 @@ impl Store {
     /// `false` when there was no unconfirmed enrolment.
     pub async fn confirm_totp(
         &self,
-        user_id: i64,
+        user_id: UserId,
         step: i64,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<i64>,
+        keep: Option<SessionId>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool> {
@@ -128,7 +128,7 @@ impl Store {
         let confirmed = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::Confirmed, Expr::value(true))
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(false))
             .exec(&txn)
             .await
@@ -150,9 +150,9 @@ impl Store {
     /// revokes the user's sessions but `keep`, in one transaction.
     pub async fn enable_email_mfa(
         &self,
-        user_id: i64,
+        user_id: UserId,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<i64>,
+        keep: Option<SessionId>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<()> {
@@ -171,24 +171,24 @@ impl Store {
     /// sessions were revoked.
     pub async fn disable_mfa(
         &self,
-        user_id: i64,
-        keep: Option<i64>,
+        user_id: UserId,
+        keep: Option<SessionId>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64> {
         let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         recovery_codes::Entity::delete_many()
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         mfa_codes::Entity::delete_many()
-            .filter(mfa_codes::Column::UserId.eq(user_id))
+            .filter(mfa_codes::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
@@ -203,7 +203,7 @@ impl Store {
     /// Replaces the user's recovery codes with `digests`.
     pub async fn replace_recovery_codes(
         &self,
-        user_id: i64,
+        user_id: UserId,
         digests: &[[u8; 32]],
         events: &[AuditEvent],
     ) -> Result<()> {
@@ -216,13 +216,13 @@ impl Store {
     /// Uses a recovery code once (compare-and-set).
     pub async fn use_recovery_code(
         &self,
-        user_id: i64,
+        user_id: UserId,
         digest: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let result = recovery_codes::Entity::update_many()
             .col_expr(recovery_codes::Column::UsedAt, Expr::value(Some(now)))
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .filter(recovery_codes::Column::CodeHash.eq(digest.to_vec()))
             .filter(recovery_codes::Column::UsedAt.is_null())
             .exec(&self.db)
@@ -232,9 +232,9 @@ impl Store {
     }
 
     /// How many unused recovery codes the user has.
-    pub async fn unused_recovery_codes(&self, user_id: i64) -> Result<u64> {
+    pub async fn unused_recovery_codes(&self, user_id: UserId) -> Result<u64> {
         recovery_codes::Entity::find()
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .filter(recovery_codes::Column::UsedAt.is_null())
             .count(&self.db)
             .await
@@ -245,8 +245,8 @@ impl Store {
     /// purpose (and pending login).
     pub async fn insert_code(
         &self,
-        user_id: i64,
-        session_id: Option<i64>,
+        user_id: UserId,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         digest: [u8; 32],
         now: DateTime<Utc>,
@@ -259,8 +259,8 @@ impl Store {
             .await
             .map_err(unavailable)?;
         mfa_codes::ActiveModel {
-            user_id: Set(user_id),
-            session_id: Set(session_id),
+            user_id: Set(user_id.get()),
+            session_id: Set(session_id.map(SessionId::get)),
             purpose: Set(purpose.as_str().to_owned()),
             code_hash: Set(digest.to_vec()),
             attempts: Set(0),
@@ -280,8 +280,8 @@ impl Store {
     /// when there is no such code.
     pub async fn reserve_code_attempt(
         &self,
-        user_id: i64,
-        session_id: Option<i64>,
+        user_id: UserId,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
     ) -> Result<Option<CodeRow>> {
@@ -320,10 +320,10 @@ impl Store {
 
     /// Reserves one code attempt on a pending login; `false` once it has
     /// had its five.
-    pub async fn reserve_mfa_attempt(&self, session_id: i64) -> Result<bool> {
+    pub async fn reserve_mfa_attempt(&self, session_id: SessionId) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::MfaAttempts, Expr::col(sessions::Column::MfaAttempts).add(1))
-            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::Id.eq(session_id.get()))
             .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
             .filter(sessions::Column::MfaAttempts.lt(MAX_CODE_ATTEMPTS))
             .exec(&self.db)
@@ -334,12 +334,12 @@ impl Store {
 
     /// Ends a pending login that was completed; `false` when another request
     /// completed it first.
-    pub async fn complete_pending(&self, session_id: i64, now: DateTime<Utc>) -> Result<bool> {
+    pub async fn complete_pending(&self, session_id: SessionId, now: DateTime<Utc>) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::State, Expr::value(SessionState::Revoked.as_str()))
             .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
             .col_expr(sessions::Column::RevokeReason, Expr::value(Some("mfa_completed")))
-            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::Id.eq(session_id.get()))
             .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
             .exec(&self.db)
             .await
@@ -348,13 +348,13 @@ impl Store {
     }
 }
 
-fn code_scope(user_id: i64, session_id: Option<i64>, purpose: CodePurpose) -> Condition {
+fn code_scope(user_id: UserId, session_id: Option<SessionId>, purpose: CodePurpose) -> Condition {
     let session = match session_id {
-        Some(id) => mfa_codes::Column::SessionId.eq(id),
+        Some(id) => mfa_codes::Column::SessionId.eq(id.get()),
         None => mfa_codes::Column::SessionId.is_null(),
     };
     Condition::all()
-        .add(mfa_codes::Column::UserId.eq(user_id))
+        .add(mfa_codes::Column::UserId.eq(user_id.get()))
         .add(mfa_codes::Column::Purpose.eq(purpose.as_str()))
         .add(session)
         .add(mfa_codes::Column::UsedAt.is_null())
@@ -362,7 +362,7 @@ fn code_scope(user_id: i64, session_id: Option<i64>, purpose: CodePurpose) -> Co
 
 async fn set_flag<C: ConnectionTrait>(
     conn: &C,
-    user_id: i64,
+    user_id: UserId,
     column: users::Column,
     value: bool,
     now: DateTime<Utc>,
@@ -370,21 +370,25 @@ async fn set_flag<C: ConnectionTrait>(
     users::Entity::update_many()
         .col_expr(column, Expr::value(value))
         .col_expr(users::Column::UpdatedAt, Expr::value(now))
-        .filter(users::Column::Id.eq(user_id))
+        .filter(users::Column::Id.eq(user_id.get()))
         .exec(conn)
         .await
         .map_err(unavailable)?;
     Ok(())
 }
 
-async fn replace_recovery_in<C: ConnectionTrait>(conn: &C, user_id: i64, digests: &[[u8; 32]]) -> Result<()> {
+async fn replace_recovery_in<C: ConnectionTrait>(
+    conn: &C,
+    user_id: UserId,
+    digests: &[[u8; 32]],
+) -> Result<()> {
     recovery_codes::Entity::delete_many()
-        .filter(recovery_codes::Column::UserId.eq(user_id))
+        .filter(recovery_codes::Column::UserId.eq(user_id.get()))
         .exec(conn)
         .await
         .map_err(unavailable)?;
     let rows = digests.iter().map(|digest| recovery_codes::ActiveModel {
-        user_id: Set(user_id),
+        user_id: Set(user_id.get()),
         code_hash: Set(digest.to_vec()),
         used_at: Set(None),
         ..Default::default()

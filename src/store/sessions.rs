@@ -12,13 +12,14 @@ use super::{
     unavailable,
 };
 use crate::domain::{
-    AuditEvent, AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash,
+    AuditEvent, AuthMethod, ClientInfo, Error, Result, Session, SessionId, SessionState, User, UserId,
+    token::TokenHash,
 };
 
 /// A session to insert.
 pub struct NewSession {
     /// Owner.
-    pub user_id: i64,
+    pub user_id: UserId,
     /// Hash of its first token.
     pub token_hash: TokenHash,
     /// Initial state.
@@ -54,7 +55,7 @@ pub struct SessionMatch {
 /// current token.
 pub struct Rotation {
     /// The session.
-    pub session_id: i64,
+    pub session_id: SessionId,
     /// The token hash the caller saw as current.
     pub expected: TokenHash,
     /// The new current token hash.
@@ -92,8 +93,8 @@ impl TryFrom<sessions::Model> for Session {
             mfa_attempts: _,
         } = model;
         Ok(Session {
-            id,
-            user_id,
+            id: SessionId::new(id),
+            user_id: UserId::new(user_id),
             state: SessionState::from_stored(&state)?,
             lifetime: chrono::Duration::seconds(lifetime_secs),
             created_at,
@@ -116,7 +117,7 @@ impl Store {
     ) -> Result<Session> {
         let txn = self.begin().await?;
         let session: Session = sessions::ActiveModel {
-            user_id: Set(new.user_id),
+            user_id: Set(new.user_id.get()),
             token_hash: Set(new.token_hash.0.to_vec()),
             previous_token_hash: Set(None),
             previous_valid_until: Set(None),
@@ -189,7 +190,7 @@ impl Store {
             )
             .col_expr(sessions::Column::PreviousValidUntil, Expr::value(Some(rotation.previous_valid_until)))
             .col_expr(sessions::Column::ExpiresAt, Expr::value(rotation.expires_at))
-            .filter(sessions::Column::Id.eq(rotation.session_id))
+            .filter(sessions::Column::Id.eq(rotation.session_id.get()))
             .filter(sessions::Column::TokenHash.eq(rotation.expected.0.to_vec()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
             .exec(&txn)
@@ -204,8 +205,8 @@ impl Store {
     }
 
     /// The session with `id`.
-    pub async fn session(&self, id: i64) -> Result<Option<Session>> {
-        sessions::Entity::find_by_id(id)
+    pub async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+        sessions::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -217,14 +218,14 @@ impl Store {
     /// row was changed.
     pub async fn revoke_session(
         &self,
-        id: i64,
+        id: SessionId,
         reason: &str,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool> {
         let txn = self.begin().await?;
         let result =
-            revoke_where(&txn, Condition::all().add(sessions::Column::Id.eq(id)), reason, now).await?;
+            revoke_where(&txn, Condition::all().add(sessions::Column::Id.eq(id.get())), reason, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(result > 0)
@@ -233,8 +234,8 @@ impl Store {
     /// Revokes every live session of `user_id` except `keep`.
     pub async fn revoke_user_sessions(
         &self,
-        user_id: i64,
-        keep: Option<i64>,
+        user_id: UserId,
+        keep: Option<SessionId>,
         reason: &str,
         now: DateTime<Utc>,
         events: &[AuditEvent],
@@ -249,29 +250,29 @@ impl Store {
     /// Active, unexpired sessions of `user_id`, newest first, before `before`.
     pub async fn list_active_sessions(
         &self,
-        user_id: i64,
+        user_id: UserId,
         now: DateTime<Utc>,
-        before: Option<i64>,
+        before: Option<SessionId>,
         limit: u64,
     ) -> Result<Vec<Session>> {
         let mut query = sessions::Entity::find()
-            .filter(sessions::Column::UserId.eq(user_id))
+            .filter(sessions::Column::UserId.eq(user_id.get()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
             .filter(sessions::Column::ExpiresAt.gt(now))
             .order_by_desc(sessions::Column::Id)
             .limit(limit);
         if let Some(before) = before {
-            query = query.filter(sessions::Column::Id.lt(before));
+            query = query.filter(sessions::Column::Id.lt(before.get()));
         }
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(Session::try_from).collect()
     }
 
     /// Records last-seen times (coarse; written in batches off the hot path).
-    pub async fn touch_sessions(&self, seen: &[(i64, DateTime<Utc>)]) -> Result<()> {
+    pub async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()> {
         for (id, at) in seen {
             sessions::Entity::update_many()
                 .col_expr(sessions::Column::LastSeenAt, Expr::value(*at))
-                .filter(sessions::Column::Id.eq(*id))
+                .filter(sessions::Column::Id.eq(id.get()))
                 .filter(sessions::Column::LastSeenAt.lt(*at))
                 .exec(&self.db)
                 .await
@@ -285,14 +286,14 @@ impl Store {
 /// be a transaction).
 pub(crate) async fn revoke_user_sessions_in<C: ConnectionTrait>(
     conn: &C,
-    user_id: i64,
-    keep: Option<i64>,
+    user_id: UserId,
+    keep: Option<SessionId>,
     reason: &str,
     now: DateTime<Utc>,
 ) -> Result<u64> {
-    let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id));
+    let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id.get()));
     if let Some(keep) = keep {
-        condition = condition.add(sessions::Column::Id.ne(keep));
+        condition = condition.add(sessions::Column::Id.ne(keep.get()));
     }
     revoke_where(conn, condition, reason, now).await
 }

@@ -8,7 +8,9 @@ use sea_orm::{
 use super::{
     Store, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
 };
-use crate::domain::{AuditEvent, Email, Error, MfaState, Result, Role, User, UserKind, UserPatch};
+use crate::domain::{
+    AuditEvent, Email, Error, MfaState, Result, Role, SessionId, User, UserId, UserKind, UserPatch,
+};
 
 /// A user to insert.
 pub struct NewUser {
@@ -47,7 +49,7 @@ impl TryFrom<users::Model> for User {
             lockouts: _,
         } = model;
         Ok(User {
-            id,
+            id: UserId::new(id),
             email: Email::from_stored(email),
             role: Role::from_stored(&role)?,
             kind: UserKind::from_stored(&kind)?,
@@ -97,8 +99,8 @@ impl Store {
     }
 
     /// The user with `id`.
-    pub async fn user(&self, id: i64) -> Result<Option<User>> {
-        users::Entity::find_by_id(id)
+    pub async fn user(&self, id: UserId) -> Result<Option<User>> {
+        users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -121,8 +123,8 @@ impl Store {
     }
 
     /// The password hash of user `id`.
-    pub async fn password_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(users::Entity::find_by_id(id)
+    pub async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
+        Ok(users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -130,10 +132,10 @@ impl Store {
     }
 
     /// Users by ascending id, after `after`.
-    pub async fn list_users(&self, after: Option<i64>, limit: u64) -> Result<Vec<User>> {
+    pub async fn list_users(&self, after: Option<UserId>, limit: u64) -> Result<Vec<User>> {
         let mut query = users::Entity::find().order_by_asc(users::Column::Id).limit(limit);
         if let Some(after) = after {
-            query = query.filter(users::Column::Id.gt(after));
+            query = query.filter(users::Column::Id.gt(after.get()));
         }
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(User::try_from).collect()
     }
@@ -142,13 +144,13 @@ impl Store {
     /// the same transaction.
     pub async fn update_user(
         &self,
-        id: i64,
+        id: UserId,
         patch: &UserPatch,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<User>> {
         let txn = self.begin().await?;
-        let Some(existing) = users::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
+        let Some(existing) = users::Entity::find_by_id(id.get()).one(&txn).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let mut model: users::ActiveModel = existing.into();
@@ -172,10 +174,10 @@ impl Store {
     }
 
     /// Replaces a password hash with an upgraded one (same password).
-    pub async fn upgrade_password_hash(&self, id: i64, hash: String) -> Result<()> {
+    pub async fn upgrade_password_hash(&self, id: UserId, hash: String) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
-            .filter(users::Column::Id.eq(id))
+            .filter(users::Column::Id.eq(id.get()))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
@@ -187,9 +189,9 @@ impl Store {
     /// when the user does not exist.
     pub async fn set_password(
         &self,
-        id: i64,
+        id: UserId,
         hash: String,
-        keep: Option<i64>,
+        keep: Option<SessionId>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<u64>> {
@@ -197,7 +199,7 @@ impl Store {
         let updated = users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
             .col_expr(users::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
-            .filter(users::Column::Id.eq(id))
+            .filter(users::Column::Id.eq(id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
