@@ -13,9 +13,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::{CaptchaPolicyName, Config},
     domain::{
-        CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, SystemClock, Validator,
+        CaptchaPolicy, CaptchaSettings, Clock, Domain, LockPolicy, MfaSettings, Settings, SystemClock,
+        Validator,
         limits::{Limit, LimitSettings},
         password::{Hasher, HasherConfig},
+        ports::Store,
         seal::Sealer,
         token::TokenFormat,
         validate::CacheConfig,
@@ -31,7 +33,7 @@ use crate::{
         },
     },
     request::RequestLayer,
-    store::{LockPolicy, Store},
+    store::SqlStore,
 };
 
 /// A wired portcullis: the rules over a migrated database.
@@ -52,12 +54,13 @@ impl App {
     /// not usable.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.check()?;
-        let store = Store::connect(&config.database_url, config.database_max_connections)
+        let database = SqlStore::connect(&config.database_url, config.database_max_connections)
             .await
             .context("connecting to the database (database_url)")?;
         if config.migrate_on_start {
-            store.migrate().await.context("migrating the database")?;
+            database.migrate().await.context("migrating the database")?;
         }
+        let store: Arc<dyn Store> = Arc::new(database.clone());
         let tokens = TokenFormat::new(&config.token_prefix);
         let hasher = Hasher::new(HasherConfig {
             memory_kib: config.argon2_memory_kib,
@@ -67,7 +70,7 @@ impl App {
             queue_depth: config.hash_queue_depth,
         })?;
         let validator = Validator::new(
-            store.clone(),
+            Arc::clone(&store),
             tokens.clone(),
             CacheConfig {
                 ttl: config.token_cache_ttl,
@@ -104,9 +107,8 @@ impl App {
         }
         let domain =
             Arc::new(Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha));
-        let pool_store = domain.store().clone();
         let pool: metrics::PoolProbe = Arc::new(move || {
-            let (open, idle, max) = pool_store.pool_use();
+            let (open, idle, max) = database.pool_use();
             Some(metrics::PoolUse { open, idle, max })
         });
         let metrics = Metrics::new(domain.hasher().clone(), Some(pool));

@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
             app::run(listener, config, shutdown_signal()).await
         }
         Command::Migrate => {
-            let store = portcullis::store::Store::connect(&config.database_url, 1).await?;
+            let store = portcullis::store::SqlStore::connect(&config.database_url, 1).await?;
             store.migrate().await?;
             eprintln!("migrations applied");
             Ok(())

@@ -10,9 +10,11 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, ApiKey, Ctx, Domain, Error, IssuedKey, KeyEnvironment, KeyId, Outcome, Page, Principal, Result,
-    UserId, page_size, parse_page_token, scope, token::TokenFormat,
+    UserId, page_size, parse_page_token,
+    records::NewKey,
+    scope,
+    token::{TokenFormat, TokenKind},
 };
-use crate::store::NewKey;
 
 /// Longest key name, in characters.
 const MAX_NAME_CHARS: usize = 100;
@@ -114,7 +116,7 @@ impl Domain {
         expires_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey> {
-        let (key, hash) = self.tokens.generate(environment.token_kind())?;
+        let (key, hash) = self.tokens.generate(TokenKind::of_key(environment))?;
         let api_key = self
             .store
             .insert_key(
@@ -129,7 +131,7 @@ impl Domain {
                     expires_at,
                     rotated_from_id: None,
                 },
-                |key| {
+                &|key: &ApiKey| {
                     let detail = format!("owner=user:{owner_id} scopes={}", key.scopes.join(","));
                     vec![
                         ctx.event(now, Action::KeyCreated, Outcome::Success, format!("key:{}", key.id))
@@ -256,7 +258,7 @@ impl Domain {
         if old.is_revoked(now) {
             return Err(Error::invalid("key_id", "the key is revoked; create a new one"));
         }
-        let (key, hash) = self.tokens.generate(old.environment.token_kind())?;
+        let (key, hash) = self.tokens.generate(TokenKind::of_key(old.environment))?;
         let new = NewKey {
             owner_id: old.owner_id,
             name: old.name.clone(),
@@ -276,7 +278,8 @@ impl Domain {
                     .detail(detail),
             ]
         };
-        let Some((api_key, previous)) = self.store.rotate_key(old.id, now + overlap, now, new, audit).await?
+        let Some((api_key, previous)) =
+            self.store.rotate_key(old.id, now + overlap, now, new, &audit).await?
         else {
             return Err(Error::invalid("key_id", "the key was revoked or rotated meanwhile"));
         };

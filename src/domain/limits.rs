@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
+use super::records::LockPolicy;
 use super::{Action, Ctx, Domain, Error, Outcome, Result, User};
-use crate::store::LockPolicy;
 
 /// One limit: at most `max` hits per `window` (`max` 0 turns it off).
 #[derive(Clone, Copy, Debug)]

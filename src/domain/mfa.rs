@@ -15,10 +15,13 @@ use zeroize::Zeroizing;
 
 use super::{
     Action, Actor, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Error, IssuedSession, MfaChallenge,
-    MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind, limits::Flow,
-    password::Password, scope, token::TokenKind,
+    MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind,
+    limits::Flow,
+    password::Password,
+    records::{CodePurpose, NewSession, Session, SessionMatch},
+    scope,
+    token::TokenKind,
 };
-use crate::store::{CodePurpose, NewSession};
 
 /// Recovery codes per set.
 const RECOVERY_CODES: usize = 10;
@@ -131,7 +134,7 @@ impl Domain {
                     client,
                     auth_methods: vec![AuthMethod::Password],
                 },
-                |session| {
+                &|session: &Session| {
                     let detail = format!("pending session:{}", session.id);
                     vec![
                         ctx.event(
@@ -158,7 +161,7 @@ impl Domain {
     }
 
     /// The pending login `mfa_token` names, if it can still be completed.
-    async fn pending(&self, mfa_token: &str, now: DateTime<Utc>) -> Result<crate::store::SessionMatch> {
+    async fn pending(&self, mfa_token: &str, now: DateTime<Utc>) -> Result<SessionMatch> {
         if mfa_token.is_empty() {
             return Err(Error::invalid("mfa_token", "must not be empty"));
         }

@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, Actor, AuthFailure, Ctx, Domain, Error, IssuedSession, Outcome, Page, Principal, Result, Session,
-    SessionId, SessionState, UserId, limits::Flow, page_size, parse_page_token, scope, token::TokenKind,
+    SessionId, SessionState, UserId, limits::Flow, page_size, parse_page_token, records::Rotation, scope,
+    token::TokenKind,
 };
-use crate::store::Rotation;
 
 /// A page of sessions, each with whether it is the caller's own.
 pub type SessionPage = Page<(Session, bool)>;

@@ -4,7 +4,7 @@ use super::{
     Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserId,
     UserKind, page_size, parse_page_token, password::Password, scope,
 };
-use crate::store::NewUser;
+use super::{NewUser, UserPatch};
 
 /// A page of users.
 pub type UserPage = Page<User>;
@@ -21,17 +21,6 @@ pub struct NewUserInput {
     pub kind: UserKind,
     /// Per-user session lifetime.
     pub session_lifetime: Option<chrono::Duration>,
-}
-
-/// Changes to a user; `None` leaves a field alone.
-#[derive(Clone, Debug, Default)]
-pub struct UserPatch {
-    /// New role.
-    pub role: Option<Role>,
-    /// New disabled flag.
-    pub disabled: Option<bool>,
-    /// New session lifetime; `Some(None)` clears the override.
-    pub session_lifetime: Option<Option<chrono::Duration>>,
 }
 
 impl Domain {
@@ -77,7 +66,7 @@ impl Domain {
                     session_lifetime: input.session_lifetime,
                     now,
                 },
-                |user| {
+                &|user: &User| {
                     let detail = format!("role={} kind={}", user.role.as_str(), user.kind.as_str());
                     vec![
                         ctx.event(now, Action::UserCreated, Outcome::Success, format!("user:{}", user.id))

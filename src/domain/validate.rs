@@ -21,10 +21,12 @@ use tokio::sync::mpsc;
 
 use super::{
     ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
-    SessionState, User, UserId, scope,
-    token::{TokenFormat, TokenHash, TokenKind},
+    SessionState, User, UserId,
+    ports::Store,
+    records::{SessionMatch, TokenHash},
+    scope,
+    token::{TokenFormat, TokenKind},
 };
-use crate::store::{SessionMatch, Store};
 
 /// How often, at most, one session's last-seen time is written.
 const SEEN_INTERVAL: Duration = Duration::from_mins(1);
@@ -186,7 +188,7 @@ pub struct CacheConfig {
 /// Validates tokens; shared by `ValidateToken` and the check of every
 /// management call's own credential.
 pub struct Validator {
-    store: Store,
+    store: Arc<dyn Store>,
     tokens: TokenFormat,
     cache: Cache<TokenHash, Entry>,
     epoch: Arc<AtomicU64>,
@@ -199,17 +201,17 @@ impl Validator {
     /// A validator over `store`; spawns the last-seen writer on the current
     /// tokio runtime.
     #[must_use]
-    pub fn new(store: Store, tokens: TokenFormat, config: CacheConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, tokens: TokenFormat, config: CacheConfig) -> Self {
         let cache = Cache::builder()
             .max_capacity(config.capacity)
             .expire_after(EntryExpiry { known: config.ttl, unknown: config.negative_ttl })
             .support_invalidation_closures()
             .build();
         let (seen_tx, seen_rx) = mpsc::channel(SEEN_QUEUE);
-        tokio::spawn(write_last_seen(store.clone(), seen_rx));
+        tokio::spawn(write_last_seen(Arc::clone(&store), seen_rx));
         let epoch = Arc::new(AtomicU64::new(0));
-        if store.is_postgres() {
-            tokio::spawn(follow_revocations(store.clone(), cache.clone(), Arc::clone(&epoch)));
+        if store.is_shared() {
+            tokio::spawn(follow_revocations(Arc::clone(&store), cache.clone(), Arc::clone(&epoch)));
         }
         Self {
             store,
@@ -270,12 +272,12 @@ impl Validator {
 
     fn forget(&self, what: Forget) {
         forget_here(&self.cache, &self.epoch, what);
-        if self.store.is_postgres() {
+        if self.store.is_shared() {
             // Other replicas hear it through LISTEN/NOTIFY; a lost
             // notification is bounded by their cache lifetime.
-            let store = self.store.clone();
+            let store = Arc::clone(&self.store);
             tokio::spawn(async move {
-                if let Err(err) = store.notify_revocation(&what.to_string()).await {
+                if let Err(err) = store.announce_revocation(&what.to_string()).await {
                     tracing::warn!(error = %err, "could not notify other replicas of a revocation");
                 }
             });
@@ -318,7 +320,7 @@ impl Validator {
 
 /// Writes session last-seen and key last-used times in batches until the
 /// validator is dropped.
-async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(CredentialId, DateTime<Utc>)>) {
+async fn write_last_seen(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(CredentialId, DateTime<Utc>)>) {
     let mut batch = Vec::with_capacity(64);
     while rx.recv_many(&mut batch, 64).await > 0 {
         let (mut sessions, mut keys) = (Vec::new(), Vec::new());
@@ -391,7 +393,7 @@ fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget)
 /// replica's cache until the store closes. While the listening connection is
 /// down, notifications may be missed: the whole cache is dropped on
 /// reconnecting.
-async fn follow_revocations(store: Store, cache: Cache<TokenHash, Entry>, epoch: Arc<AtomicU64>) {
+async fn follow_revocations(store: Arc<dyn Store>, cache: Cache<TokenHash, Entry>, epoch: Arc<AtomicU64>) {
     loop {
         let mut listener = match store.revocation_listener().await {
             Ok(listener) => listener,

@@ -1,5 +1,6 @@
 //! Queries on `api_keys`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -7,35 +8,16 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable,
+    SqlStore, audit, conflict_or_unavailable,
     entity::{api_keys, users},
     unavailable,
 };
 use crate::domain::{
-    ApiKey, AuditEvent, Error, KeyEnvironment, KeyId, Result, User, UserId, token::TokenHash,
+    error::{Error, Result},
+    ids::{KeyId, UserId},
+    ports::{AuditFor, KeyStore},
+    records::{ApiKey, AuditEvent, KeyEnvironment, NewKey, TokenHash, User},
 };
-
-/// A key to insert.
-pub struct NewKey {
-    /// Owner.
-    pub owner_id: UserId,
-    /// Name.
-    pub name: String,
-    /// Hash of the key.
-    pub hash: TokenHash,
-    /// Non-secret start of the key.
-    pub display_prefix: String,
-    /// Live or test.
-    pub environment: KeyEnvironment,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// Creation time.
-    pub now: DateTime<Utc>,
-    /// Expiry.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// The key this one replaces.
-    pub rotated_from_id: Option<KeyId>,
-}
 
 impl TryFrom<api_keys::Model> for ApiKey {
     type Error = Error;
@@ -88,13 +70,10 @@ fn active_model(new: NewKey) -> api_keys::ActiveModel {
     }
 }
 
-impl Store {
+#[async_trait]
+impl KeyStore for SqlStore {
     /// Inserts a key.
-    pub async fn insert_key(
-        &self,
-        new: NewKey,
-        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
-    ) -> Result<ApiKey> {
+    async fn insert_key(&self, new: NewKey, audit: AuditFor<'_, ApiKey>) -> Result<ApiKey> {
         let txn = self.begin().await?;
         let key: ApiKey =
             active_model(new).insert(&txn).await.map_err(conflict_or_unavailable("api key"))?.try_into()?;
@@ -104,7 +83,7 @@ impl Store {
     }
 
     /// The key with `id`.
-    pub async fn key(&self, id: KeyId) -> Result<Option<ApiKey>> {
+    async fn key(&self, id: KeyId) -> Result<Option<ApiKey>> {
         api_keys::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
@@ -114,7 +93,7 @@ impl Store {
     }
 
     /// The key whose hash is `hash`, with its owner. One indexed read.
-    pub async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>> {
+    async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>> {
         let found = api_keys::Entity::find()
             .filter(api_keys::Column::KeyHash.eq(hash.0.to_vec()))
             .find_also_related(users::Entity)
@@ -128,12 +107,7 @@ impl Store {
     }
 
     /// Keys of `owner_id`, newest first, before `before`.
-    pub async fn list_keys(
-        &self,
-        owner_id: UserId,
-        before: Option<KeyId>,
-        limit: u64,
-    ) -> Result<Vec<ApiKey>> {
+    async fn list_keys(&self, owner_id: UserId, before: Option<KeyId>, limit: u64) -> Result<Vec<ApiKey>> {
         let mut query = api_keys::Entity::find()
             .filter(api_keys::Column::OwnerId.eq(owner_id.get()))
             .order_by_desc(api_keys::Column::Id)
@@ -145,7 +119,7 @@ impl Store {
     }
 
     /// Sets a key's name and/or scopes.
-    pub async fn update_key(
+    async fn update_key(
         &self,
         id: KeyId,
         name: Option<String>,
@@ -171,7 +145,7 @@ impl Store {
     }
 
     /// Makes key `id` stop working at `at`, unless it already stops earlier.
-    pub async fn revoke_key(&self, id: KeyId, at: DateTime<Utc>, events: &[AuditEvent]) -> Result<()> {
+    async fn revoke_key(&self, id: KeyId, at: DateTime<Utc>, events: &[AuditEvent]) -> Result<()> {
         let txn = self.begin().await?;
         api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(at)))
@@ -191,13 +165,13 @@ impl Store {
     /// Inserts the replacement of key `old_id` and makes the old key stop at
     /// `old_stops_at`, in one transaction; only if the old key is still
     /// unrevoked at `now` (a concurrent rotation or revocation wins).
-    pub async fn rotate_key(
+    async fn rotate_key(
         &self,
         old_id: KeyId,
         old_stops_at: DateTime<Utc>,
         now: DateTime<Utc>,
         new: NewKey,
-        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
+        audit: AuditFor<'_, ApiKey>,
     ) -> Result<Option<(ApiKey, ApiKey)>> {
         let txn = self.begin().await?;
         let retired = api_keys::Entity::update_many()
@@ -228,7 +202,7 @@ impl Store {
     }
 
     /// Records last-used times (coarse; written in batches off the hot path).
-    pub async fn touch_keys(&self, used: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
+    async fn touch_keys(&self, used: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
         for (id, at) in used {
             api_keys::Entity::update_many()
                 .col_expr(api_keys::Column::LastUsedAt, Expr::value(Some(*at)))

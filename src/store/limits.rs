@@ -2,30 +2,26 @@
 //! per-account lockout. Every update is one atomic statement, so limits
 //! hold across concurrent requests, restarts and replicas.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement,
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::{Store, audit, entity::users, unavailable};
-use crate::domain::{AuditEvent, Error, Result, UserId};
+use super::{SqlStore, audit, entity::users, unavailable};
+use crate::domain::{
+    error::{Error, Result},
+    ids::UserId,
+    ports::LimitStore,
+    records::{AuditEvent, LockPolicy},
+};
 
-/// When and for how long accounts lock.
-#[derive(Clone, Copy, Debug)]
-pub struct LockPolicy {
-    /// Failed attempts that lock the account.
-    pub threshold: i32,
-    /// The first lock's length; each further lock doubles it.
-    pub base: chrono::Duration,
-    /// The longest lock.
-    pub max: chrono::Duration,
-}
-
-impl Store {
+#[async_trait]
+impl LimitStore for SqlStore {
     /// Counts one hit on `key` in the window starting at `window_start`
     /// (seconds) and returns the hits in that window, this one included.
-    pub async fn hit_rate_limit(&self, key: &str, window_start: i64) -> Result<i64> {
+    async fn hit_rate_limit(&self, key: &str, window_start: i64) -> Result<i64> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => {
@@ -53,7 +49,7 @@ impl Store {
 
     /// The hits on `key` in the window starting at `window_start`, without
     /// counting one.
-    pub async fn rate_limit_hits(&self, key: &str, window_start: i64) -> Result<i64> {
+    async fn rate_limit_hits(&self, key: &str, window_start: i64) -> Result<i64> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => {
@@ -73,7 +69,7 @@ impl Store {
     }
 
     /// Forgets the counter `key` (a success clears the failures it counted).
-    pub async fn clear_rate_limit(&self, key: &str) -> Result<()> {
+    async fn clear_rate_limit(&self, key: &str) -> Result<()> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => "DELETE FROM rate_limits WHERE key = $1",
@@ -89,12 +85,7 @@ impl Store {
     /// Reserves one attempt against account `user_id`: counts it before the
     /// password or code is checked, so parallel guesses cannot exceed the
     /// threshold. `false` when the account is locked or out of attempts.
-    pub async fn reserve_attempt(
-        &self,
-        user_id: UserId,
-        now: DateTime<Utc>,
-        policy: LockPolicy,
-    ) -> Result<bool> {
+    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, policy: LockPolicy) -> Result<bool> {
         let result = users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
             .filter(users::Column::Id.eq(user_id.get()))
@@ -113,7 +104,7 @@ impl Store {
     /// Records a failed (reserved) attempt with its audit rows; when the
     /// account has used up its attempts, locks it (for longer each time)
     /// and adds `lock_event`. Returns the end of the new lock, if any.
-    pub async fn record_failure(
+    async fn record_failure(
         &self,
         user_id: UserId,
         now: DateTime<Utc>,
@@ -154,7 +145,7 @@ impl Store {
     }
 
     /// Clears the failed-attempt count and lock history after a success.
-    pub async fn reset_failures(&self, user_id: UserId) -> Result<()> {
+    async fn reset_failures(&self, user_id: UserId) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::value(0))
             .col_expr(users::Column::Lockouts, Expr::value(0))

@@ -2,6 +2,7 @@
 //! in the database (an UPDATE whose WHERE clause holds the condition), so it
 //! holds under concurrency, across replicas and after a restart.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait,
@@ -11,56 +12,26 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit,
+    SqlStore, audit,
     entity::{mfa_codes, recovery_codes, sessions, totp_secrets, users},
     sessions::revoke_user_sessions_in,
     unavailable,
 };
-use crate::domain::{AuditEvent, Result, SessionId, SessionState, UserId};
+use crate::domain::{
+    error::Result,
+    ids::{SessionId, UserId},
+    ports::MfaStore,
+    records::{AuditEvent, CodePurpose, EmailCode, SessionState, StoredTotp},
+};
 
 /// Most code attempts, per pending login and per emailed code.
-pub const MAX_CODE_ATTEMPTS: i32 = 5;
+const MAX_CODE_ATTEMPTS: i32 = 5;
 
-/// A stored TOTP secret.
-#[derive(Debug)]
-pub struct TotpRow {
-    /// The sealed secret.
-    pub sealed: Vec<u8>,
-    /// Whether enrolment was confirmed.
-    pub confirmed: bool,
-}
-
-/// The newest unused emailed code of a kind.
-#[derive(Debug)]
-pub struct CodeRow {
-    /// Identifier.
-    pub id: i64,
-    /// HMAC digest of the code.
-    pub digest: Vec<u8>,
-}
-
-/// What an emailed code is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodePurpose {
-    /// Completing a pending login (bound to its session).
-    Login,
-    /// Proving the account's address (enrolment, disabling MFA).
-    Account,
-}
-
-impl CodePurpose {
-    fn as_str(self) -> &'static str {
-        match self {
-            CodePurpose::Login => "login",
-            CodePurpose::Account => "account",
-        }
-    }
-}
-
-impl Store {
+#[async_trait]
+impl MfaStore for SqlStore {
     /// Stores a new, unconfirmed TOTP secret, replacing an unconfirmed one.
     /// Returns `false` when TOTP is already confirmed.
-    pub async fn begin_totp(&self, user_id: UserId, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
+    async fn begin_totp(&self, user_id: UserId, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
         let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
             .filter(totp_secrets::Column::UserId.eq(user_id.get()))
@@ -86,17 +57,17 @@ impl Store {
     }
 
     /// The user's TOTP secret, if any.
-    pub async fn totp(&self, user_id: UserId) -> Result<Option<TotpRow>> {
+    async fn totp(&self, user_id: UserId) -> Result<Option<StoredTotp>> {
         Ok(totp_secrets::Entity::find_by_id(user_id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
-            .map(|row| TotpRow { sealed: row.secret_sealed, confirmed: row.confirmed }))
+            .map(|row| StoredTotp { sealed: row.secret_sealed, confirmed: row.confirmed }))
     }
 
     /// Accepts TOTP time step `step` once: only if it is later than the last
     /// accepted step (compare-and-set).
-    pub async fn accept_totp_step(&self, user_id: UserId, step: i64) -> Result<bool> {
+    async fn accept_totp_step(&self, user_id: UserId, step: i64) -> Result<bool> {
         let result = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
             .filter(totp_secrets::Column::UserId.eq(user_id.get()))
@@ -115,7 +86,7 @@ impl Store {
     /// Confirms TOTP at `step`, stores `recovery` digests when given, and
     /// revokes the user's sessions but `keep`, in one transaction. Returns
     /// `false` when there was no unconfirmed enrolment.
-    pub async fn confirm_totp(
+    async fn confirm_totp(
         &self,
         user_id: UserId,
         step: i64,
@@ -148,7 +119,7 @@ impl Store {
 
     /// Turns the email method on, stores `recovery` digests when given, and
     /// revokes the user's sessions but `keep`, in one transaction.
-    pub async fn enable_email_mfa(
+    async fn enable_email_mfa(
         &self,
         user_id: UserId,
         recovery: Option<&[[u8; 32]]>,
@@ -169,7 +140,7 @@ impl Store {
     /// Turns every second factor off, deletes secrets and codes, and revokes
     /// the user's sessions but `keep`, in one transaction. Returns how many
     /// sessions were revoked.
-    pub async fn disable_mfa(
+    async fn disable_mfa(
         &self,
         user_id: UserId,
         keep: Option<SessionId>,
@@ -201,7 +172,7 @@ impl Store {
     }
 
     /// Replaces the user's recovery codes with `digests`.
-    pub async fn replace_recovery_codes(
+    async fn replace_recovery_codes(
         &self,
         user_id: UserId,
         digests: &[[u8; 32]],
@@ -214,7 +185,7 @@ impl Store {
     }
 
     /// Uses a recovery code once (compare-and-set).
-    pub async fn use_recovery_code(
+    async fn use_recovery_code(
         &self,
         user_id: UserId,
         digest: &[u8; 32],
@@ -232,7 +203,7 @@ impl Store {
     }
 
     /// How many unused recovery codes the user has.
-    pub async fn unused_recovery_codes(&self, user_id: UserId) -> Result<u64> {
+    async fn unused_recovery_codes(&self, user_id: UserId) -> Result<u64> {
         recovery_codes::Entity::find()
             .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .filter(recovery_codes::Column::UsedAt.is_null())
@@ -243,7 +214,7 @@ impl Store {
 
     /// Stores an emailed code, replacing unused older ones of the same
     /// purpose (and pending login).
-    pub async fn insert_code(
+    async fn insert_code(
         &self,
         user_id: UserId,
         session_id: Option<SessionId>,
@@ -278,13 +249,13 @@ impl Store {
     /// Reserves one attempt on the newest usable code of this purpose (and
     /// pending login): unused, unexpired, under the attempt limit. `None`
     /// when there is no such code.
-    pub async fn reserve_code_attempt(
+    async fn reserve_code_attempt(
         &self,
         user_id: UserId,
         session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
-    ) -> Result<Option<CodeRow>> {
+    ) -> Result<Option<EmailCode>> {
         let Some(code) = mfa_codes::Entity::find()
             .filter(code_scope(user_id, session_id, purpose))
             .order_by_desc(mfa_codes::Column::Id)
@@ -303,11 +274,11 @@ impl Store {
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
-        Ok((reserved.rows_affected == 1).then_some(CodeRow { id: code.id, digest: code.code_hash }))
+        Ok((reserved.rows_affected == 1).then_some(EmailCode { id: code.id, digest: code.code_hash }))
     }
 
     /// Uses an emailed code once (compare-and-set).
-    pub async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+    async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
         let result = mfa_codes::Entity::update_many()
             .col_expr(mfa_codes::Column::UsedAt, Expr::value(Some(now)))
             .filter(mfa_codes::Column::Id.eq(id))
@@ -320,7 +291,7 @@ impl Store {
 
     /// Reserves one code attempt on a pending login; `false` once it has
     /// had its five.
-    pub async fn reserve_mfa_attempt(&self, session_id: SessionId) -> Result<bool> {
+    async fn reserve_mfa_attempt(&self, session_id: SessionId) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::MfaAttempts, Expr::col(sessions::Column::MfaAttempts).add(1))
             .filter(sessions::Column::Id.eq(session_id.get()))
@@ -334,7 +305,7 @@ impl Store {
 
     /// Ends a pending login that was completed; `false` when another request
     /// completed it first.
-    pub async fn complete_pending(&self, session_id: SessionId, now: DateTime<Utc>) -> Result<bool> {
+    async fn complete_pending(&self, session_id: SessionId, now: DateTime<Utc>) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::State, Expr::value(SessionState::Revoked.as_str()))
             .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))

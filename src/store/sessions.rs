@@ -1,5 +1,6 @@
 //! Queries on `sessions`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
@@ -7,66 +8,19 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable,
+    SqlStore, audit, conflict_or_unavailable,
     entity::{sessions, users},
     unavailable,
 };
 use crate::domain::{
-    AuditEvent, AuthMethod, ClientInfo, Error, Result, Session, SessionId, SessionState, User, UserId,
-    token::TokenHash,
+    error::{Error, Result},
+    ids::{SessionId, UserId},
+    ports::{AuditFor, SessionStore},
+    records::{
+        AuditEvent, AuthMethod, ClientInfo, NewSession, Rotation, Session, SessionMatch, SessionState,
+        TokenHash,
+    },
 };
-
-/// A session to insert.
-pub struct NewSession {
-    /// Owner.
-    pub user_id: UserId,
-    /// Hash of its first token.
-    pub token_hash: TokenHash,
-    /// Initial state.
-    pub state: SessionState,
-    /// Lifetime of each refresh window.
-    pub lifetime: chrono::Duration,
-    /// Login time.
-    pub now: DateTime<Utc>,
-    /// Expiry of the first token.
-    pub expires_at: DateTime<Utc>,
-    /// Latest possible expiry.
-    pub absolute_expires_at: DateTime<Utc>,
-    /// Client.
-    pub client: ClientInfo,
-    /// How it was authenticated.
-    pub auth_methods: Vec<AuthMethod>,
-}
-
-/// A session found by one of its token hashes, with its user.
-#[derive(Debug)]
-pub struct SessionMatch {
-    /// The session.
-    pub session: Session,
-    /// Its user.
-    pub user: User,
-    /// True when the hash was the previous (refreshed-away) token's.
-    pub matched_previous: bool,
-    /// The hash of the session's current token.
-    pub current_hash: TokenHash,
-}
-
-/// A token rotation to apply if the session still has `expected` as its
-/// current token.
-pub struct Rotation {
-    /// The session.
-    pub session_id: SessionId,
-    /// The token hash the caller saw as current.
-    pub expected: TokenHash,
-    /// The new current token hash.
-    pub new_hash: TokenHash,
-    /// The hash that stays valid during the grace.
-    pub previous_hash: TokenHash,
-    /// End of that grace.
-    pub previous_valid_until: DateTime<Utc>,
-    /// The new token's expiry.
-    pub expires_at: DateTime<Utc>,
-}
 
 impl TryFrom<sessions::Model> for Session {
     type Error = Error;
@@ -108,13 +62,10 @@ impl TryFrom<sessions::Model> for Session {
     }
 }
 
-impl Store {
+#[async_trait]
+impl SessionStore for SqlStore {
     /// Inserts a session.
-    pub async fn insert_session(
-        &self,
-        new: NewSession,
-        audit: impl FnOnce(&Session) -> Vec<AuditEvent>,
-    ) -> Result<Session> {
+    async fn insert_session(&self, new: NewSession, audit: AuditFor<'_, Session>) -> Result<Session> {
         let txn = self.begin().await?;
         let session: Session = sessions::ActiveModel {
             user_id: Set(new.user_id.get()),
@@ -147,7 +98,7 @@ impl Store {
 
     /// The session whose current or previous token hash is `hash`, with its
     /// user. One indexed read.
-    pub async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>> {
+    async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>> {
         let bytes = hash.0.to_vec();
         let found = sessions::Entity::find()
             .filter(
@@ -180,7 +131,7 @@ impl Store {
 
     /// Applies a rotation if the session's current token is still the one
     /// expected (compare-and-set). Returns whether it was applied.
-    pub async fn rotate_session(&self, rotation: Rotation, events: &[AuditEvent]) -> Result<bool> {
+    async fn rotate_session(&self, rotation: Rotation, events: &[AuditEvent]) -> Result<bool> {
         let txn = self.begin().await?;
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::TokenHash, Expr::value(rotation.new_hash.0.to_vec()))
@@ -205,7 +156,7 @@ impl Store {
     }
 
     /// The session with `id`.
-    pub async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
         sessions::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
@@ -216,7 +167,7 @@ impl Store {
 
     /// Revokes session `id` (no-op when already revoked). Returns whether a
     /// row was changed.
-    pub async fn revoke_session(
+    async fn revoke_session(
         &self,
         id: SessionId,
         reason: &str,
@@ -232,7 +183,7 @@ impl Store {
     }
 
     /// Revokes every live session of `user_id` except `keep`.
-    pub async fn revoke_user_sessions(
+    async fn revoke_user_sessions(
         &self,
         user_id: UserId,
         keep: Option<SessionId>,
@@ -248,7 +199,7 @@ impl Store {
     }
 
     /// Active, unexpired sessions of `user_id`, newest first, before `before`.
-    pub async fn list_active_sessions(
+    async fn list_active_sessions(
         &self,
         user_id: UserId,
         now: DateTime<Utc>,
@@ -268,7 +219,7 @@ impl Store {
     }
 
     /// Records last-seen times (coarse; written in batches off the hot path).
-    pub async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()> {
+    async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()> {
         for (id, at) in seen {
             sessions::Entity::update_many()
                 .col_expr(sessions::Column::LastSeenAt, Expr::value(*at))

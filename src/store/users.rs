@@ -1,32 +1,20 @@
 //! Queries on `users`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
+    SqlStore, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
 };
 use crate::domain::{
-    AuditEvent, Email, Error, MfaState, Result, Role, SessionId, User, UserId, UserKind, UserPatch,
+    error::{Error, Result},
+    ids::{SessionId, UserId},
+    ports::{AuditFor, UserStore},
+    records::{AuditEvent, Email, MfaState, NewUser, Role, User, UserKind, UserPatch},
 };
-
-/// A user to insert.
-pub struct NewUser {
-    /// Normalised email.
-    pub email: Email,
-    /// argon2id PHC string; `None` for a service account.
-    pub password_hash: Option<String>,
-    /// Role.
-    pub role: Role,
-    /// Person or service account.
-    pub kind: UserKind,
-    /// Per-user session lifetime.
-    pub session_lifetime: Option<chrono::Duration>,
-    /// Creation time.
-    pub now: DateTime<Utc>,
-}
 
 impl TryFrom<users::Model> for User {
     type Error = Error;
@@ -62,16 +50,13 @@ impl TryFrom<users::Model> for User {
     }
 }
 
-impl Store {
+#[async_trait]
+impl UserStore for SqlStore {
     /// Inserts a user.
     ///
     /// # Errors
     /// `AlreadyExists("user")` when the email is taken.
-    pub async fn insert_user(
-        &self,
-        new: NewUser,
-        audit: impl FnOnce(&User) -> Vec<AuditEvent>,
-    ) -> Result<User> {
+    async fn insert_user(&self, new: NewUser, audit: AuditFor<'_, User>) -> Result<User> {
         let txn = self.begin().await?;
         let model = users::ActiveModel {
             email: Set(new.email.as_str().to_owned()),
@@ -99,7 +84,7 @@ impl Store {
     }
 
     /// The user with `id`.
-    pub async fn user(&self, id: UserId) -> Result<Option<User>> {
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
         users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
@@ -109,7 +94,7 @@ impl Store {
     }
 
     /// The user with `email`, and its password hash.
-    pub async fn user_by_email(&self, email: &Email) -> Result<Option<(User, Option<String>)>> {
+    async fn user_by_email(&self, email: &Email) -> Result<Option<(User, Option<String>)>> {
         let Some(model) = users::Entity::find()
             .filter(users::Column::Email.eq(email.as_str()))
             .one(&self.db)
@@ -123,7 +108,7 @@ impl Store {
     }
 
     /// The password hash of user `id`.
-    pub async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
         Ok(users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
@@ -132,7 +117,7 @@ impl Store {
     }
 
     /// Users by ascending id, after `after`.
-    pub async fn list_users(&self, after: Option<UserId>, limit: u64) -> Result<Vec<User>> {
+    async fn list_users(&self, after: Option<UserId>, limit: u64) -> Result<Vec<User>> {
         let mut query = users::Entity::find().order_by_asc(users::Column::Id).limit(limit);
         if let Some(after) = after {
             query = query.filter(users::Column::Id.gt(after.get()));
@@ -142,7 +127,7 @@ impl Store {
 
     /// Applies `patch` to user `id`; disabling also revokes its sessions, in
     /// the same transaction.
-    pub async fn update_user(
+    async fn update_user(
         &self,
         id: UserId,
         patch: &UserPatch,
@@ -174,7 +159,7 @@ impl Store {
     }
 
     /// Replaces a password hash with an upgraded one (same password).
-    pub async fn upgrade_password_hash(&self, id: UserId, hash: String) -> Result<()> {
+    async fn upgrade_password_hash(&self, id: UserId, hash: String) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
             .filter(users::Column::Id.eq(id.get()))
@@ -187,7 +172,7 @@ impl Store {
     /// Sets a new password hash and revokes the user's sessions except
     /// `keep`, in one transaction. Returns how many were revoked, or `None`
     /// when the user does not exist.
-    pub async fn set_password(
+    async fn set_password(
         &self,
         id: UserId,
         hash: String,
