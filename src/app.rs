@@ -13,9 +13,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     config::{CaptchaPolicyName, Config},
     domain::{
-        CaptchaPolicy, CaptchaSettings, Clock, Domain, LockPolicy, MfaSettings, Settings, SystemClock,
-        Validator,
-        limits::{Limit, LimitSettings},
+        CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, SystemClock, Validator,
+        limits::{Limit, LimitSettings, LockPolicy},
         password::{Hasher, HasherConfig},
         ports::Store,
         seal::Sealer,

@@ -18,7 +18,7 @@ use super::{
     MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind,
     limits::Flow,
     password::Password,
-    records::{CodePurpose, NewSession, Session, SessionMatch},
+    records::{CodePurpose, NewSession, RevokeSessions, Session, SessionMatch},
     scope,
     token::TokenKind,
 };
@@ -30,6 +30,8 @@ const RECOVERY_CHARS: usize = 16;
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Digits of an emailed code.
 const EMAIL_DIGITS: usize = 8;
+/// Most code attempts, per pending login and per emailed code.
+const MAX_CODE_ATTEMPTS: i32 = 5;
 /// Bytes of a TOTP secret (160 bits, the RFC 4226 recommendation).
 const TOTP_SECRET_BYTES: usize = 20;
 
@@ -219,7 +221,7 @@ impl Domain {
         let ctx = &Ctx { actor: Actor::User(user.id), ..ctx.clone() };
         // Count the attempt (on the pending login and on the account) before
         // checking the code, so parallel guesses cannot exceed the limits.
-        if !self.store.reserve_mfa_attempt(session.id).await? {
+        if !self.store.reserve_mfa_attempt(session.id, MAX_CODE_ATTEMPTS).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
         if !self.reserve_attempt(&user).await? {
@@ -275,7 +277,10 @@ impl Domain {
             }
             Code::Email(code) => {
                 let purpose = if session_id.is_some() { CodePurpose::Login } else { CodePurpose::Account };
-                let Some(row) = self.store.reserve_code_attempt(user.id, session_id, purpose, now).await?
+                let Some(row) = self
+                    .store
+                    .reserve_code_attempt(user.id, session_id, purpose, now, MAX_CODE_ATTEMPTS)
+                    .await?
                 else {
                     return Ok(false);
                 };
@@ -392,7 +397,14 @@ impl Domain {
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         if !self
             .store
-            .confirm_totp(user.id, step as i64, digests.as_deref(), Some(session_id), now, &[event])
+            .confirm_totp(
+                user.id,
+                step as i64,
+                digests.as_deref(),
+                mfa_changed(Some(session_id)),
+                now,
+                &[event],
+            )
             .await?
         {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
@@ -439,7 +451,9 @@ impl Domain {
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
-        self.store.enable_email_mfa(user.id, digests.as_deref(), Some(session_id), now, &[event]).await?;
+        self.store
+            .enable_email_mfa(user.id, digests.as_deref(), mfa_changed(Some(session_id)), now, &[event])
+            .await?;
         self.validator.forget_user(user.id);
         tracing::info!(user_id = user.id.get(), "email MFA turned on");
         Ok(shown.unwrap_or_default())
@@ -483,7 +497,7 @@ impl Domain {
         }
         self.store.reset_failures(user.id).await?;
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
-        self.store.disable_mfa(user.id, Some(session_id), now, &[event]).await?;
+        self.store.disable_mfa(user.id, mfa_changed(Some(session_id)), now, &[event]).await?;
         self.validator.forget_user(user.id);
         tracing::info!(user_id = user.id.get(), "MFA turned off");
         Ok(())
@@ -531,7 +545,7 @@ impl Domain {
             .acting_as(caller)
             .event(now, Action::MfaDisabled, Outcome::Success, format!("user:{user_id}"))
             .detail("reset by an administrator");
-        let revoked = self.store.disable_mfa(user_id, None, now, &[event]).await?;
+        let revoked = self.store.disable_mfa(user_id, mfa_changed(None), now, &[event]).await?;
         self.validator.forget_user(user_id);
         tracing::info!(user_id = user_id.get(), revoked, "MFA reset by an administrator");
         Ok(revoked)
@@ -589,6 +603,12 @@ fn method_label(method: MfaMethod) -> &'static str {
         MfaMethod::Email => "email",
         MfaMethod::RecoveryCode => "recovery_code",
     }
+}
+
+/// A change of second factors ends every other session of the user (the
+/// caller's own, `keep`, stays).
+fn mfa_changed(keep: Option<SessionId>) -> RevokeSessions {
+    RevokeSessions { keep, reason: "mfa_changed" }
 }
 
 fn totp_context(user_id: UserId) -> String {

@@ -32,14 +32,20 @@ use super::{
     error::Result,
     ids::{KeyId, SessionId, UserId},
     records::{
-        ApiKey, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email, EmailCode, LockPolicy, NewKey,
-        NewSession, NewUser, Rotation, Session, SessionMatch, StoredTotp, TokenHash, User, UserPatch,
+        ApiKey, AttemptCounters, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email, EmailCode, Lock,
+        NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session, SessionMatch, StoredTotp, TokenHash,
+        User, UserPatch,
     },
 };
 
 /// Audit rows for a record that gets its id only when it is written: the
 /// store calls it inside the transaction that writes the record.
 pub type AuditFor<'a, T> = &'a (dyn Fn(&T) -> Vec<AuditEvent> + Send + Sync);
+
+/// The lockout rule, handed to the store: given the counters it read in its
+/// transaction, the lock they call for (the rules' decision, not the
+/// store's).
+pub type DecideLock<'a> = &'a (dyn Fn(AttemptCounters) -> Option<Lock> + Send + Sync);
 
 /// Everything the rules need from persistence.
 #[async_trait]
@@ -88,12 +94,13 @@ pub trait UserStore: Send + Sync {
     /// Users by ascending id, after `after`, at most `limit`.
     async fn list_users(&self, after: Option<UserId>, limit: u64) -> Result<Vec<User>>;
 
-    /// Applies `patch` to user `id` with `events`, in one transaction;
-    /// disabling also revokes its sessions. `None` when there is no such user.
+    /// Applies `patch` to user `id` and ends the sessions `revoke` names,
+    /// with `events`, in one transaction. `None` when there is no such user.
     async fn update_user(
         &self,
         id: UserId,
         patch: &UserPatch,
+        revoke: Option<RevokeSessions>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<User>>;
@@ -101,14 +108,14 @@ pub trait UserStore: Send + Sync {
     /// Replaces a password hash with an upgraded one (same password).
     async fn upgrade_password_hash(&self, id: UserId, hash: String) -> Result<()>;
 
-    /// Sets a new password hash and revokes the user's sessions except
-    /// `keep`, with `events`, in one transaction. Returns how many sessions
-    /// were revoked, or `None` when the user does not exist.
+    /// Sets a new password hash and ends the sessions `revoke` names, with
+    /// `events`, in one transaction. Returns how many sessions were revoked,
+    /// or `None` when the user does not exist.
     async fn set_password(
         &self,
         id: UserId,
         hash: String,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<u64>>;
@@ -142,13 +149,12 @@ pub trait SessionStore: Send + Sync {
         events: &[AuditEvent],
     ) -> Result<bool>;
 
-    /// Revokes every live session of `user_id` except `keep`, with `events`,
-    /// in one transaction. Returns how many were revoked.
+    /// Ends the sessions of `user_id` that `revoke` names, with `events`, in
+    /// one transaction. Returns how many were revoked.
     async fn revoke_user_sessions(
         &self,
         user_id: UserId,
-        keep: Option<SessionId>,
-        reason: &str,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64>;
@@ -231,23 +237,25 @@ pub trait LimitStore: Send + Sync {
     /// Forgets counter `key`.
     async fn clear_rate_limit(&self, key: &str) -> Result<()>;
 
-    /// Counts one attempt against account `user_id`, unless the account is
-    /// locked at `now` or out of attempts. Returns whether it was counted.
-    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, policy: LockPolicy) -> Result<bool>;
+    /// Counts one attempt against account `user_id`, unless `max_attempts`
+    /// are counted already or the account is locked at `now` (one atomic
+    /// update). Returns whether it was counted.
+    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool>;
 
-    /// Records a failed (reserved) attempt with `events`; when the account
-    /// has used up its attempts, locks it and adds `lock_event`. One
-    /// transaction. Returns the end of the new lock, if any.
+    /// Records a failed (reserved) attempt with `events`, in one
+    /// transaction that reads the account's counters and asks `decide`
+    /// whether they lock it; a lock is applied only if the counters are
+    /// still those it read (compare-and-set), and then with its own row: the
+    /// lock starts a new attempt count and counts one more lockout. Returns
+    /// the end of the lock applied, if any.
     async fn record_failure(
         &self,
         user_id: UserId,
-        now: DateTime<Utc>,
-        policy: LockPolicy,
         events: &[AuditEvent],
-        lock_event: AuditEvent,
+        decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>>;
 
-    /// Clears the account's attempt count and lock history.
+    /// Clears the account's attempt count and lockouts (after a success).
     async fn reset_failures(&self, user_id: UserId) -> Result<()>;
 }
 
@@ -269,37 +277,36 @@ pub trait MfaStore: Send + Sync {
     async fn accept_totp_step(&self, user_id: UserId, step: i64) -> Result<bool>;
 
     /// Confirms TOTP at `step`, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, with `events`, in one
-    /// transaction. Returns `false` when there was no unconfirmed enrolment.
+    /// ends the sessions `revoke` names, with `events`, in one transaction.
+    /// Returns `false` when there was no unconfirmed enrolment.
     async fn confirm_totp(
         &self,
         user_id: UserId,
         step: i64,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool>;
 
     /// Turns the email method on, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, with `events`, in one
-    /// transaction.
+    /// ends the sessions `revoke` names, with `events`, in one transaction.
     async fn enable_email_mfa(
         &self,
         user_id: UserId,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<()>;
 
-    /// Turns every second factor off, deletes secrets and codes, and revokes
-    /// the user's sessions but `keep`, with `events`, in one transaction.
-    /// Returns how many sessions were revoked.
+    /// Turns every second factor off, deletes secrets and codes, and ends the
+    /// sessions `revoke` names, with `events`, in one transaction. Returns
+    /// how many sessions were revoked.
     async fn disable_mfa(
         &self,
         user_id: UserId,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64>;
@@ -333,22 +340,24 @@ pub trait MfaStore: Send + Sync {
     ) -> Result<()>;
 
     /// Reserves one attempt on the newest usable code of this purpose (and
-    /// pending login): unused, unexpired at `now`, under its attempt limit.
-    /// `None` when there is no such code.
+    /// pending login): unused, unexpired at `now`, with fewer than
+    /// `max_attempts` counted (one atomic update). `None` when there is no
+    /// such code.
     async fn reserve_code_attempt(
         &self,
         user_id: UserId,
         session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
+        max_attempts: i32,
     ) -> Result<Option<EmailCode>>;
 
     /// Uses emailed code `id` once (compare-and-set).
     async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool>;
 
-    /// Reserves one code attempt on pending login `session_id`; `false`
-    /// once it has had its share.
-    async fn reserve_mfa_attempt(&self, session_id: SessionId) -> Result<bool>;
+    /// Reserves one code attempt on pending login `session_id`; `false` once
+    /// it has had `max_attempts` (one atomic update).
+    async fn reserve_mfa_attempt(&self, session_id: SessionId, max_attempts: i32) -> Result<bool>;
 
     /// Ends pending login `session_id`, completed (compare-and-set);
     /// `false` when another request completed it first.

@@ -398,6 +398,16 @@ pub struct NewSession {
     pub auth_methods: Vec<AuthMethod>,
 }
 
+/// Sessions a change ends in its own transaction: every live session of the
+/// user but `keep`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevokeSessions {
+    /// The session that stays (the caller's own), if any.
+    pub keep: Option<SessionId>,
+    /// Why, as stored with each revoked session.
+    pub reason: &'static str,
+}
+
 /// A session found by one of its token hashes, with its user.
 #[derive(Debug)]
 pub struct SessionMatch {
@@ -560,15 +570,23 @@ impl CodePurpose {
 
 // === Abuse protection ===
 
-/// When and for how long accounts lock.
-#[derive(Clone, Copy, Debug)]
-pub struct LockPolicy {
-    /// Failed attempts that lock the account.
-    pub threshold: i32,
-    /// The first lock's length; each further lock doubles it.
-    pub base: chrono::Duration,
-    /// The longest lock.
-    pub max: chrono::Duration,
+/// An account's attempt counters, as the store read them in the
+/// transaction that records a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptCounters {
+    /// Attempts counted (reserved) since the last success or lock.
+    pub failed_attempts: i32,
+    /// Locks since the last success.
+    pub lockouts: i32,
+}
+
+/// A lock the rules decided on: until when, and its audit row.
+#[derive(Clone, Debug)]
+pub struct Lock {
+    /// The end of the lock.
+    pub until: DateTime<Utc>,
+    /// The row that records it.
+    pub event: AuditEvent,
 }
 
 // === Audit ===

@@ -5,7 +5,11 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, Actor, AuthFailure, Ctx, Domain, Error, IssuedSession, Outcome, Page, Principal, Result, Session,
-    SessionId, SessionState, UserId, limits::Flow, page_size, parse_page_token, records::Rotation, scope,
+    SessionId, SessionState, UserId,
+    limits::Flow,
+    page_size, parse_page_token,
+    records::{RevokeSessions, Rotation},
+    scope,
     token::TokenKind,
 };
 
@@ -206,7 +210,10 @@ impl Domain {
         let event = ctx
             .event(now, Action::SessionsRevoked, Outcome::Success, format!("user:{user_id}"))
             .detail(if keep.is_some() { "all but the current" } else { "all" });
-        let count = self.store.revoke_user_sessions(user_id, keep, "revoked", now, &[event]).await?;
+        let count = self
+            .store
+            .revoke_user_sessions(user_id, RevokeSessions { keep, reason: "revoked" }, now, &[event])
+            .await?;
         self.validator.forget_user(user_id);
         Ok((count, now))
     }

@@ -1,10 +1,12 @@
 //! User accounts and passwords.
 
 use super::{
-    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserId,
-    UserKind, page_size, parse_page_token, password::Password, scope,
+    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, SessionId, User,
+    UserId, UserKind, page_size, parse_page_token,
+    password::Password,
+    records::{NewUser, RevokeSessions, UserPatch},
+    scope,
 };
-use super::{NewUser, UserPatch};
 
 /// A page of users.
 pub type UserPage = Page<User>;
@@ -139,8 +141,14 @@ impl Domain {
             .acting_as(caller)
             .event(now, Action::UserUpdated, Outcome::Success, format!("user:{user_id}"))
             .detail(changed.join(" "));
-        let user =
-            self.store.update_user(user_id, &patch, now, &[event]).await?.ok_or(Error::NotFound("user"))?;
+        // Disabling a user ends its sessions at once.
+        let revoke =
+            (patch.disabled == Some(true)).then_some(RevokeSessions { keep: None, reason: "user_disabled" });
+        let user = self
+            .store
+            .update_user(user_id, &patch, revoke, now, &[event])
+            .await?
+            .ok_or(Error::NotFound("user"))?;
         // Role and disabled flag are cached with each token.
         self.validator.forget_user(user_id);
         tracing::info!(user_id = user_id.get(), "user updated");
@@ -184,7 +192,7 @@ impl Domain {
         let event = ctx.event(now, Action::PasswordChanged, Outcome::Success, format!("user:{}", user.id));
         let revoked = self
             .store
-            .set_password(caller.user_id, hash, Some(session_id), now, &[event])
+            .set_password(caller.user_id, hash, password_changed(Some(session_id)), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(caller.user_id);
@@ -225,7 +233,7 @@ impl Domain {
         );
         let revoked = self
             .store
-            .set_password(user_id, hash, None, now, &[event])
+            .set_password(user_id, hash, password_changed(None), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
         self.validator.forget_user(user_id);
@@ -239,4 +247,10 @@ impl Domain {
         }
         Ok(())
     }
+}
+
+/// A new password ends every other session of the user (the caller's own,
+/// `keep`, stays).
+fn password_changed(keep: Option<SessionId>) -> RevokeSessions {
+    RevokeSessions { keep, reason: "password_changed" }
 }

@@ -1,6 +1,8 @@
 //! Shared abuse-protection state: fixed-window rate-limit counters and
-//! per-account lockout. Every update is one atomic statement, so limits
-//! hold across concurrent requests, restarts and replicas.
+//! per-account attempt counters and locks. Every update is one atomic
+//! statement or transaction, so the limits the rules set hold across
+//! concurrent requests, restarts and replicas. The limits themselves (how
+//! many attempts, how long a lock) come from the rules.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,8 +15,9 @@ use super::{SqlStore, audit, entity::users, unavailable};
 use crate::domain::{
     error::{Error, Result},
     ids::UserId,
+    ports::DecideLock,
     ports::LimitStore,
-    records::{AuditEvent, LockPolicy},
+    records::{AttemptCounters, AuditEvent},
 };
 
 #[async_trait]
@@ -82,14 +85,13 @@ impl LimitStore for SqlStore {
         Ok(())
     }
 
-    /// Reserves one attempt against account `user_id`: counts it before the
-    /// password or code is checked, so parallel guesses cannot exceed the
-    /// threshold. `false` when the account is locked or out of attempts.
-    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, policy: LockPolicy) -> Result<bool> {
+    /// One conditional increment: parallel reservations cannot pass
+    /// `max_attempts`.
+    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool> {
         let result = users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
             .filter(users::Column::Id.eq(user_id.get()))
-            .filter(users::Column::FailedAttempts.lt(policy.threshold))
+            .filter(users::Column::FailedAttempts.lt(max_attempts))
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::LockedUntil.is_null())
@@ -101,50 +103,44 @@ impl LimitStore for SqlStore {
         Ok(result.rows_affected == 1)
     }
 
-    /// Records a failed (reserved) attempt with its audit rows; when the
-    /// account has used up its attempts, locks it (for longer each time)
-    /// and adds `lock_event`. Returns the end of the new lock, if any.
+    /// Read, decision, compare-and-set and audit rows in one transaction
+    /// (`BEGIN IMMEDIATE` on SQLite).
     async fn record_failure(
         &self,
         user_id: UserId,
-        now: DateTime<Utc>,
-        policy: LockPolicy,
         events: &[AuditEvent],
-        lock_event: AuditEvent,
+        decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>> {
         let txn = self.begin().await?;
         let Some(user) = users::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?
         else {
             return Ok(None);
         };
+        let read = AttemptCounters { failed_attempts: user.failed_attempts, lockouts: user.lockouts };
         let mut locked = None;
-        if user.failed_attempts >= policy.threshold {
-            let factor = 2i32.saturating_pow(u32::try_from(user.lockouts.clamp(0, 20)).unwrap_or(20));
-            let length = policy.base.checked_mul(factor).unwrap_or(policy.max).min(policy.max);
-            let until = now + length;
+        if let Some(lock) = decide(read) {
             let applied = users::Entity::update_many()
-                .col_expr(users::Column::LockedUntil, Expr::value(Some(until)))
+                .col_expr(users::Column::LockedUntil, Expr::value(Some(lock.until)))
                 .col_expr(users::Column::Lockouts, Expr::col(users::Column::Lockouts).add(1))
                 .col_expr(users::Column::FailedAttempts, Expr::value(0))
                 .filter(users::Column::Id.eq(user_id.get()))
-                .filter(users::Column::FailedAttempts.gte(policy.threshold))
-                .filter(users::Column::Lockouts.eq(user.lockouts))
+                .filter(users::Column::FailedAttempts.eq(read.failed_attempts))
+                .filter(users::Column::Lockouts.eq(read.lockouts))
                 .exec(&txn)
                 .await
                 .map_err(unavailable)?;
             if applied.rows_affected == 1 {
-                locked = Some(until);
+                locked = Some(lock);
             }
         }
         audit::write(&txn, events).await?;
-        if let Some(until) = locked {
-            audit::write(&txn, &[lock_event.detail(format!("locked until {}", until.to_rfc3339()))]).await?;
+        if let Some(lock) = &locked {
+            audit::write(&txn, std::slice::from_ref(&lock.event)).await?;
         }
         txn.commit().await.map_err(unavailable)?;
-        Ok(locked)
+        Ok(locked.map(|lock| lock.until))
     }
 
-    /// Clears the failed-attempt count and lock history after a success.
     async fn reset_failures(&self, user_id: UserId) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::value(0))

@@ -1,6 +1,7 @@
-//! Queries for second factors. Every "use once" rule is a compare-and-set
-//! in the database (an UPDATE whose WHERE clause holds the condition), so it
-//! holds under concurrency, across replicas and after a restart.
+//! Queries for second factors. Every "use once" and every attempt limit the
+//! rules ask for is applied as a compare-and-set in the database (an UPDATE
+//! whose WHERE clause holds the condition), so it holds under concurrency,
+//! across replicas and after a restart.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,11 +22,8 @@ use crate::domain::{
     error::Result,
     ids::{SessionId, UserId},
     ports::MfaStore,
-    records::{AuditEvent, CodePurpose, EmailCode, SessionState, StoredTotp},
+    records::{AuditEvent, CodePurpose, EmailCode, RevokeSessions, SessionState, StoredTotp},
 };
-
-/// Most code attempts, per pending login and per emailed code.
-const MAX_CODE_ATTEMPTS: i32 = 5;
 
 #[async_trait]
 impl MfaStore for SqlStore {
@@ -84,14 +82,14 @@ impl MfaStore for SqlStore {
     }
 
     /// Confirms TOTP at `step`, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, in one transaction. Returns
+    /// ends the sessions `revoke` names, in one transaction. Returns
     /// `false` when there was no unconfirmed enrolment.
     async fn confirm_totp(
         &self,
         user_id: UserId,
         step: i64,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool> {
@@ -111,19 +109,19 @@ impl MfaStore for SqlStore {
         if let Some(recovery) = recovery {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
-        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(true)
     }
 
     /// Turns the email method on, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, in one transaction.
+    /// ends the sessions `revoke` names, in one transaction.
     async fn enable_email_mfa(
         &self,
         user_id: UserId,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<()> {
@@ -132,18 +130,18 @@ impl MfaStore for SqlStore {
         if let Some(recovery) = recovery {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
-        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)
     }
 
-    /// Turns every second factor off, deletes secrets and codes, and revokes
-    /// the user's sessions but `keep`, in one transaction. Returns how many
-    /// sessions were revoked.
+    /// Turns every second factor off, deletes secrets and codes, and ends the
+    /// sessions `revoke` names, in one transaction. Returns how many sessions
+    /// were revoked.
     async fn disable_mfa(
         &self,
         user_id: UserId,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64> {
@@ -165,7 +163,7 @@ impl MfaStore for SqlStore {
             .map_err(unavailable)?;
         set_flag(&txn, user_id, users::Column::MfaTotp, false, now).await?;
         set_flag(&txn, user_id, users::Column::MfaEmail, false, now).await?;
-        let revoked = revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(revoked)
@@ -255,6 +253,7 @@ impl MfaStore for SqlStore {
         session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
+        max_attempts: i32,
     ) -> Result<Option<EmailCode>> {
         let Some(code) = mfa_codes::Entity::find()
             .filter(code_scope(user_id, session_id, purpose))
@@ -270,7 +269,7 @@ impl MfaStore for SqlStore {
             .filter(mfa_codes::Column::Id.eq(code.id))
             .filter(mfa_codes::Column::UsedAt.is_null())
             .filter(mfa_codes::Column::ExpiresAt.gt(now))
-            .filter(mfa_codes::Column::Attempts.lt(MAX_CODE_ATTEMPTS))
+            .filter(mfa_codes::Column::Attempts.lt(max_attempts))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
@@ -291,12 +290,12 @@ impl MfaStore for SqlStore {
 
     /// Reserves one code attempt on a pending login; `false` once it has
     /// had its five.
-    async fn reserve_mfa_attempt(&self, session_id: SessionId) -> Result<bool> {
+    async fn reserve_mfa_attempt(&self, session_id: SessionId, max_attempts: i32) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::MfaAttempts, Expr::col(sessions::Column::MfaAttempts).add(1))
             .filter(sessions::Column::Id.eq(session_id.get()))
             .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
-            .filter(sessions::Column::MfaAttempts.lt(MAX_CODE_ATTEMPTS))
+            .filter(sessions::Column::MfaAttempts.lt(max_attempts))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;

@@ -17,8 +17,8 @@ use crate::domain::{
     ids::{SessionId, UserId},
     ports::{AuditFor, SessionStore},
     records::{
-        AuditEvent, AuthMethod, ClientInfo, NewSession, Rotation, Session, SessionMatch, SessionState,
-        TokenHash,
+        AuditEvent, AuthMethod, ClientInfo, NewSession, RevokeSessions, Rotation, Session, SessionMatch,
+        SessionState, TokenHash,
     },
 };
 
@@ -182,17 +182,16 @@ impl SessionStore for SqlStore {
         Ok(result > 0)
     }
 
-    /// Revokes every live session of `user_id` except `keep`.
+    /// Revokes the sessions of `user_id` that `revoke` names.
     async fn revoke_user_sessions(
         &self,
         user_id: UserId,
-        keep: Option<SessionId>,
-        reason: &str,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64> {
         let txn = self.begin().await?;
-        let revoked = revoke_user_sessions_in(&txn, user_id, keep, reason, now).await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(revoked)
@@ -233,15 +232,15 @@ impl SessionStore for SqlStore {
     }
 }
 
-/// Revokes the live sessions of `user_id` except `keep`, on `conn` (which may
-/// be a transaction).
+/// Revokes the sessions of `user_id` that `revoke` names, on `conn` (which
+/// may be a transaction).
 pub(crate) async fn revoke_user_sessions_in<C: ConnectionTrait>(
     conn: &C,
     user_id: UserId,
-    keep: Option<SessionId>,
-    reason: &str,
+    revoke: RevokeSessions,
     now: DateTime<Utc>,
 ) -> Result<u64> {
+    let RevokeSessions { keep, reason } = revoke;
     let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id.get()));
     if let Some(keep) = keep {
         condition = condition.add(sessions::Column::Id.ne(keep.get()));

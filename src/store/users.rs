@@ -11,9 +11,9 @@ use super::{
 };
 use crate::domain::{
     error::{Error, Result},
-    ids::{SessionId, UserId},
+    ids::UserId,
     ports::{AuditFor, UserStore},
-    records::{AuditEvent, Email, MfaState, NewUser, Role, User, UserKind, UserPatch},
+    records::{AuditEvent, Email, MfaState, NewUser, RevokeSessions, Role, User, UserKind, UserPatch},
 };
 
 impl TryFrom<users::Model> for User {
@@ -125,12 +125,11 @@ impl UserStore for SqlStore {
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(User::try_from).collect()
     }
 
-    /// Applies `patch` to user `id`; disabling also revokes its sessions, in
-    /// the same transaction.
     async fn update_user(
         &self,
         id: UserId,
         patch: &UserPatch,
+        revoke: Option<RevokeSessions>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<User>> {
@@ -144,15 +143,15 @@ impl UserStore for SqlStore {
         }
         if let Some(disabled) = patch.disabled {
             model.disabled = Set(disabled);
-            if disabled {
-                revoke_user_sessions_in(&txn, id, None, "user_disabled", now).await?;
-            }
         }
         if let Some(lifetime) = patch.session_lifetime {
             model.session_lifetime_secs = Set(lifetime.map(|d| d.num_seconds()));
         }
         model.updated_at = Set(now);
         let updated = model.update(&txn).await.map_err(unavailable)?;
+        if let Some(revoke) = revoke {
+            revoke_user_sessions_in(&txn, id, revoke, now).await?;
+        }
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(updated.try_into()?))
@@ -169,14 +168,11 @@ impl UserStore for SqlStore {
         Ok(())
     }
 
-    /// Sets a new password hash and revokes the user's sessions except
-    /// `keep`, in one transaction. Returns how many were revoked, or `None`
-    /// when the user does not exist.
     async fn set_password(
         &self,
         id: UserId,
         hash: String,
-        keep: Option<SessionId>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<u64>> {
@@ -191,7 +187,7 @@ impl UserStore for SqlStore {
         if updated.rows_affected == 0 {
             return Ok(None);
         }
-        let revoked = revoke_user_sessions_in(&txn, id, keep, "password_changed", now).await?;
+        let revoked = revoke_user_sessions_in(&txn, id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(revoked))
