@@ -68,7 +68,7 @@ impl App {
             threads: config.hash_threads,
             queue_depth: config.hash_queue_depth,
         })?;
-        let validator = Validator::new(
+        let (validator, validator_tasks) = Validator::new(
             Arc::clone(&store),
             tokens.clone(),
             CacheConfig {
@@ -111,6 +111,13 @@ impl App {
             Some(metrics::PoolUse { open, idle, max })
         });
         let metrics = Metrics::new(domain.hasher().clone(), Some(pool));
+        // The validator's background work, once nothing can fail any more.
+        // The last-seen writer ends (writing what is queued) when the
+        // validator is dropped; the revocation follower runs with the process.
+        tokio::spawn(validator_tasks.last_seen.run(std::future::pending()));
+        if let Some(follower) = validator_tasks.revocations {
+            tokio::spawn(follower.run(std::future::pending()));
+        }
         Ok(Self { domain, config, metrics, metrics_listener: None })
     }
 

@@ -192,7 +192,7 @@ impl Domain {
             .detail(scopes.as_ref().map(|s| format!("scopes={}", s.join(","))).unwrap_or_default());
         let key =
             self.store.update_key(key_id, name, scopes, &[event]).await?.ok_or(Error::NotFound("api key"))?;
-        self.validator.forget_key(key_id);
+        self.validator.forget_key(key_id).await;
         tracing::info!(key_id = key_id.get(), "api key updated");
         Ok(key)
     }
@@ -210,7 +210,7 @@ impl Domain {
         let event =
             ctx.acting_as(caller).event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
         self.store.revoke_key(key_id, now, &[event]).await?;
-        self.validator.forget_key(key_id);
+        self.validator.forget_key(key_id).await;
         tracing::info!(key_id = key_id.get(), "api key revoked");
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
     }
@@ -224,7 +224,7 @@ impl Domain {
         let now = self.clock.now();
         let event = ctx.event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
         self.store.revoke_key(key_id, now, &[event]).await?;
-        self.validator.forget_key(key_id);
+        self.validator.forget_key(key_id).await;
         Ok(())
     }
 
@@ -283,7 +283,7 @@ impl Domain {
         else {
             return Err(Error::invalid("key_id", "the key was revoked or rotated meanwhile"));
         };
-        self.validator.forget_key(old.id);
+        self.validator.forget_key(old.id).await;
         tracing::info!(old_key_id = old.id.get(), new_key_id = api_key.id.get(), "api key rotated");
         Ok((IssuedKey { key, api_key }, previous))
     }

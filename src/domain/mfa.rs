@@ -240,7 +240,7 @@ impl Domain {
         if !self.store.complete_pending(session.id, now).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
-        self.validator.forget_session(session.id);
+        self.validator.forget_session(session.id).await;
         self.store.reset_failures(user.id).await?;
         let methods = vec![AuthMethod::Password, method.auth_method()];
         self.start_session(
@@ -409,7 +409,7 @@ impl Domain {
         {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
         }
-        self.validator.forget_user(user.id);
+        self.validator.forget_user(user.id).await;
         tracing::info!(user_id = user.id.get(), "TOTP turned on");
         Ok(shown.unwrap_or_default())
     }
@@ -454,7 +454,7 @@ impl Domain {
         self.store
             .enable_email_mfa(user.id, digests.as_deref(), mfa_changed(Some(session_id)), now, &[event])
             .await?;
-        self.validator.forget_user(user.id);
+        self.validator.forget_user(user.id).await;
         tracing::info!(user_id = user.id.get(), "email MFA turned on");
         Ok(shown.unwrap_or_default())
     }
@@ -498,7 +498,7 @@ impl Domain {
         self.store.reset_failures(user.id).await?;
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
         self.store.disable_mfa(user.id, mfa_changed(Some(session_id)), now, &[event]).await?;
-        self.validator.forget_user(user.id);
+        self.validator.forget_user(user.id).await;
         tracing::info!(user_id = user.id.get(), "MFA turned off");
         Ok(())
     }
@@ -546,7 +546,7 @@ impl Domain {
             .event(now, Action::MfaDisabled, Outcome::Success, format!("user:{user_id}"))
             .detail("reset by an administrator");
         let revoked = self.store.disable_mfa(user_id, mfa_changed(None), now, &[event]).await?;
-        self.validator.forget_user(user_id);
+        self.validator.forget_user(user_id).await;
         tracing::info!(user_id = user_id.get(), revoked, "MFA reset by an administrator");
         Ok(revoked)
     }

@@ -59,7 +59,7 @@ impl Domain {
                         .event(now, Action::RefreshReuse, Outcome::Failure, subject)
                         .detail("session revoked");
                     self.store.revoke_session(session.id, "refresh_token_reuse", now, &[event]).await?;
-                    self.validator.forget_session(session.id);
+                    self.validator.forget_session(session.id).await;
                     tracing::warn!(
                         session_id = session.id.get(),
                         user_id = found.user.id.get(),
@@ -93,7 +93,7 @@ impl Domain {
                 )
                 .await?;
             if applied {
-                self.validator.forget_session(session.id);
+                self.validator.forget_session(session.id).await;
                 return Ok(IssuedSession {
                     token: new_token,
                     session_id: session.id,
@@ -123,7 +123,7 @@ impl Domain {
         let ctx = Ctx { actor: Actor::User(found.user.id), ..ctx.clone() };
         let event = ctx.event(now, Action::Logout, Outcome::Success, format!("session:{}", found.session.id));
         self.store.revoke_session(found.session.id, "logout", now, &[event]).await?;
-        self.validator.forget_session(found.session.id);
+        self.validator.forget_session(found.session.id).await;
         Ok(())
     }
 
@@ -174,7 +174,7 @@ impl Domain {
         let event =
             ctx.event(now, Action::SessionRevoked, Outcome::Success, format!("session:{}", session.id));
         self.store.revoke_session(session.id, "revoked", now, &[event]).await?;
-        self.validator.forget_session(session.id);
+        self.validator.forget_session(session.id).await;
         Ok(())
     }
 
@@ -214,7 +214,7 @@ impl Domain {
             .store
             .revoke_user_sessions(user_id, RevokeSessions { keep, reason: "revoked" }, now, &[event])
             .await?;
-        self.validator.forget_user(user_id);
+        self.validator.forget_user(user_id).await;
         Ok((count, now))
     }
 }

@@ -150,7 +150,7 @@ impl Domain {
             .await?
             .ok_or(Error::NotFound("user"))?;
         // Role and disabled flag are cached with each token.
-        self.validator.forget_user(user_id);
+        self.validator.forget_user(user_id).await;
         tracing::info!(user_id = user_id.get(), "user updated");
         Ok(user)
     }
@@ -195,7 +195,7 @@ impl Domain {
             .set_password(caller.user_id, hash, password_changed(Some(session_id)), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
-        self.validator.forget_user(caller.user_id);
+        self.validator.forget_user(caller.user_id).await;
         tracing::info!(user_id = caller.user_id.get(), revoked, "password changed");
         Ok(revoked)
     }
@@ -236,7 +236,7 @@ impl Domain {
             .set_password(user_id, hash, password_changed(None), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
-        self.validator.forget_user(user_id);
+        self.validator.forget_user(user_id).await;
         tracing::info!(user_id = user_id.get(), revoked, "password set");
         Ok(revoked)
     }
