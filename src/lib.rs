@@ -1,8 +1,10 @@
 //! portcullis: an authentication microservice with a gRPC API.
 //!
 //! Layers, outermost first: [`grpc`] (tonic services, proto conversion, the
-//! one error-to-status mapping) → [`domain`] (the rules) → [`store`]
-//! (sea-orm). [`app`] wires them and runs the server; `main` is a thin CLI.
+//! one error-to-status mapping) → [`domain`] (the rules, and the seam
+//! `domain::ports` that says what they need of persistence) → [`store`]
+//! (sea-orm, implementing the seam). [`app`] wires them, runs the server and
+//! its background tasks; `main` is a thin CLI.
 
 pub mod app;
 pub mod captcha;
