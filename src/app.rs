@@ -21,17 +21,18 @@ use crate::{
     config::{CaptchaPolicyName, Config},
     domain::{
         CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, Validator,
-        limits::{Limit, LimitSettings},
+        limits::{Limit, LimitSettings, LockPolicy},
         password::{Hasher, HasherConfig},
+        ports::Store,
         seal::Sealer,
         token::TokenFormat,
-        validate::CacheConfig,
+        validate::{CacheConfig, ValidatorTasks},
     },
     grpc, health,
     mail::Mailer,
     metrics::{self, Metrics},
     request, server,
-    store::{LockPolicy, Store},
+    store::SqlStore,
 };
 
 /// A wired portcullis: the rules over a migrated database.
@@ -41,6 +42,9 @@ pub struct App {
     metrics: Arc<Metrics>,
     /// The metrics endpoint's socket, when bound before `serve`.
     metrics_listener: Option<TcpListener>,
+    /// The validator's background work (last-seen writer, revocation
+    /// follower), started by `serve`.
+    validator_tasks: ValidatorTasks,
 }
 
 impl App {
@@ -52,12 +56,13 @@ impl App {
     /// not usable.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         config.check()?;
-        let store = Store::connect(&config.database_url, config.database_max_connections)
+        let database = SqlStore::connect(&config.database_url, config.database_max_connections)
             .await
             .context("connecting to the database (database_url)")?;
         if config.migrate_on_start {
-            store.migrate().await.context("migrating the database")?;
+            database.migrate().await.context("migrating the database")?;
         }
+        let store: Arc<dyn Store> = Arc::new(database.clone());
         let tokens = TokenFormat::new(&config.token_prefix);
         let hasher = Hasher::new(HasherConfig {
             memory_kib: config.argon2_memory_kib,
@@ -66,8 +71,8 @@ impl App {
             threads: config.hash_threads,
             queue_depth: config.hash_queue_depth,
         })?;
-        let validator = Validator::new(
-            store.clone(),
+        let (validator, validator_tasks) = Validator::new(
+            Arc::clone(&store),
             tokens.clone(),
             CacheConfig {
                 ttl: config.token_cache_ttl,
@@ -102,9 +107,8 @@ impl App {
                 config.captcha_policy
             );
         }
-        let pool_store = store.clone();
         let pool: metrics::PoolProbe = Arc::new(move || {
-            let (open, idle, max) = pool_store.pool_use();
+            let (open, idle, max) = database.pool_use();
             Some(metrics::PoolUse { open, idle, max })
         });
         let metrics = Metrics::new(hasher.clone(), Some(pool), grpc::served_methods());
@@ -113,7 +117,7 @@ impl App {
             Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha)
                 .with_events(events),
         );
-        Ok(Self { domain, config, metrics, metrics_listener: None })
+        Ok(Self { domain, config, metrics, metrics_listener: None, validator_tasks })
     }
 
     /// This server's metrics.
@@ -169,7 +173,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
         force: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let Self { domain, config, metrics, metrics_listener } = self;
+        let Self { domain, config, metrics, metrics_listener, validator_tasks } = self;
         // What can fail comes first, before any task is spawned.
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => {
@@ -231,6 +235,10 @@ impl App {
             first,
             stop_probe.clone(),
         ));
+        tasks.spawn(validator_tasks.last_seen.run(stop_background.clone().cancelled_owned()));
+        if let Some(follower) = validator_tasks.revocations {
+            tasks.spawn(follower.run(stop_background.clone().cancelled_owned()));
+        }
         tasks.spawn(flush_invalid_tokens(
             Arc::clone(&domain),
             config.audit_flush_interval,

@@ -2,9 +2,11 @@
 //!
 //! Layers, outermost first: [`server`] (the listener) → [`request`] (the
 //! layers every call passes, gRPC and HTTP alike) → [`grpc`] (tonic
-//! services) beside the HTTP API, both reading one error table
-//! ([`errors`]) → [`domain`] (the rules) → [`store`] (sea-orm). [`app`]
-//! wires them and runs the server; `main` is a thin CLI.
+//! services) beside [`http`] (the JSON dialects, forward auth), both reading
+//! one error table ([`errors`]) → [`domain`] (the rules, and the seam
+//! `domain::ports` that says what they need of persistence) → [`store`]
+//! (sea-orm, implementing the seam). [`app`] wires them, runs the server and
+//! owns its background tasks; `main` is a thin CLI.
 
 pub mod app;
 pub mod captcha;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::{
     app::App,
     config::Config,
-    domain::{Ctx, KeyEnvironment, NewUserInput, Role, SystemClock, UserKind},
+    domain::{Ctx, KeyEnvironment, KeyId, NewUserInput, Role, SystemClock, UserKind},
     telemetry,
 };
 use tokio::net::TcpListener;
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             App::build(config, Arc::new(SystemClock)).await?.serve_with(listener, first, second).await
         }
         Command::Migrate => {
-            let store = portcullis::store::Store::connect(&config.database_url, 1).await?;
+            let store = portcullis::store::SqlStore::connect(&config.database_url, 1).await?;
             store.migrate().await?;
             eprintln!("migrations applied");
             Ok(())
@@ -158,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Key(KeyCommand::Revoke { id }) => {
             let app = App::build(config, Arc::new(SystemClock)).await?;
-            app.domain().revoke_key_unchecked(&Ctx::system(), id).await?;
+            app.domain().revoke_key_unchecked(&Ctx::system(), KeyId::new(id)).await?;
             eprintln!("revoked API key {id}");
             Ok(())
         }

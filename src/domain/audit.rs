@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use super::{CredentialId, Principal};
+use super::{Action, AuditEvent, CredentialId, KeyId, Outcome, Principal, UserId};
 
 /// Who is acting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,9 +17,9 @@ pub enum Actor {
     /// No credential (a login, a token validation).
     Anonymous,
     /// A user's session.
-    User(i64),
+    User(UserId),
     /// An API key.
-    Key(i64),
+    Key(KeyId),
     /// The operator, through the command line.
     System,
 }
@@ -94,167 +94,4 @@ impl Ctx {
             count: 1,
         }
     }
-}
-
-/// What happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs, reason = "the names say it")]
-pub enum Action {
-    LoginSucceeded,
-    LoginFailed,
-    LoginPendingMfa,
-    MfaSucceeded,
-    MfaFailed,
-    MfaEnabled,
-    MfaDisabled,
-    RecoveryCodesRegenerated,
-    SessionRefreshed,
-    RefreshReuse,
-    Logout,
-    SessionRevoked,
-    SessionsRevoked,
-    UserCreated,
-    UserUpdated,
-    PasswordChanged,
-    PasswordSet,
-    KeyCreated,
-    KeyUpdated,
-    KeyRotated,
-    KeyRevoked,
-    AccountLocked,
-    CaptchaFailed,
-    InvalidTokens,
-}
-
-impl Action {
-    /// As stored and filtered on.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::LoginSucceeded => "login.succeeded",
-            Action::LoginFailed => "login.failed",
-            Action::LoginPendingMfa => "login.pending_mfa",
-            Action::MfaSucceeded => "mfa.succeeded",
-            Action::MfaFailed => "mfa.failed",
-            Action::MfaEnabled => "mfa.enabled",
-            Action::MfaDisabled => "mfa.disabled",
-            Action::RecoveryCodesRegenerated => "mfa.recovery_codes_regenerated",
-            Action::SessionRefreshed => "session.refreshed",
-            Action::RefreshReuse => "session.refresh_reuse",
-            Action::Logout => "session.logout",
-            Action::SessionRevoked => "session.revoked",
-            Action::SessionsRevoked => "sessions.revoked",
-            Action::UserCreated => "user.created",
-            Action::UserUpdated => "user.updated",
-            Action::PasswordChanged => "user.password_changed",
-            Action::PasswordSet => "user.password_set",
-            Action::KeyCreated => "key.created",
-            Action::KeyUpdated => "key.updated",
-            Action::KeyRotated => "key.rotated",
-            Action::KeyRevoked => "key.revoked",
-            Action::AccountLocked => "account.locked",
-            Action::CaptchaFailed => "captcha.failed",
-            Action::InvalidTokens => "token.invalid",
-        }
-    }
-}
-
-/// How it ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// It happened.
-    Success,
-    /// It was refused.
-    Failure,
-}
-
-impl Outcome {
-    /// As stored and filtered on.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-        }
-    }
-}
-
-/// One row of the audit log.
-#[derive(Clone, Debug)]
-pub struct AuditEvent {
-    /// When.
-    pub at: DateTime<Utc>,
-    /// What.
-    pub action: Action,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Who (see [`Actor::label`]).
-    pub actor: String,
-    /// What it was done to: `user:5`, `session:9`, `key:2`, `email:a@b.c`.
-    pub subject: String,
-    /// The end user's IP.
-    pub client_ip: String,
-    /// The end user's user agent.
-    pub user_agent: String,
-    /// The request it came from.
-    pub request_id: String,
-    /// Why (a reason code, never a secret).
-    pub detail: String,
-    /// How many occurrences one row stands for (aggregated floods).
-    pub count: i64,
-}
-
-impl AuditEvent {
-    /// The same event with a reason.
-    #[must_use]
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = detail.into();
-        self
-    }
-}
-
-/// A stored audit row, as read back.
-#[derive(Clone, Debug)]
-pub struct AuditRecord {
-    /// Identifier (ascending in time).
-    pub id: i64,
-    /// When.
-    pub at: DateTime<Utc>,
-    /// What (see [`Action::as_str`]).
-    pub action: String,
-    /// `success` or `failure`.
-    pub outcome: String,
-    /// Who.
-    pub actor: String,
-    /// To what.
-    pub subject: String,
-    /// The end user's IP.
-    pub client_ip: String,
-    /// The end user's user agent.
-    pub user_agent: String,
-    /// The request.
-    pub request_id: String,
-    /// Why.
-    pub detail: String,
-    /// Occurrences this row stands for.
-    pub count: i64,
-}
-
-/// Filters of `ListAuditEvents`.
-#[derive(Clone, Debug, Default)]
-pub struct AuditFilter {
-    /// Exact subject.
-    pub subject: Option<String>,
-    /// Exact actor.
-    pub actor: Option<String>,
-    /// Exact action.
-    pub action: Option<String>,
-    /// `success` or `failure`.
-    pub outcome: Option<String>,
-    /// At or after.
-    pub start: Option<DateTime<Utc>>,
-    /// Before.
-    pub end: Option<DateTime<Utc>>,
-    /// Exact request id.
-    pub request_id: Option<String>,
 }

@@ -9,10 +9,12 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    Action, ApiKey, Ctx, Domain, Error, IssuedKey, KeyEnvironment, Outcome, Page, Principal, Result,
-    page_size, parse_page_token, scope, token::TokenFormat,
+    Action, ApiKey, Ctx, Domain, Error, IssuedKey, KeyEnvironment, KeyId, Outcome, Page, Principal, Result,
+    UserId, page_size, parse_page_token,
+    records::NewKey,
+    scope,
+    token::{TokenFormat, TokenKind},
 };
-use crate::store::NewKey;
 
 /// Longest key name, in characters.
 const MAX_NAME_CHARS: usize = 100;
@@ -35,8 +37,8 @@ pub struct NewKeyInput {
     pub environment: KeyEnvironment,
     /// Expiry.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Owner; 0 means the caller.
-    pub owner_id: i64,
+    /// Owner; `None` means the caller.
+    pub owner_id: Option<UserId>,
 }
 
 /// Changes to a key; `None` leaves a field alone.
@@ -57,11 +59,11 @@ impl Domain {
     /// `NotFound` for an unknown owner.
     pub async fn create_key(&self, ctx: &Ctx, caller: &Principal, input: NewKeyInput) -> Result<IssuedKey> {
         let owner_id = match input.owner_id {
-            0 => caller.user_id,
-            id if id < 0 => {
+            None => caller.user_id,
+            Some(id) if id.get() <= 0 => {
                 return Err(Error::invalid("owner_id", "must be a user id, or 0 for yourself"));
             }
-            id => {
+            Some(id) => {
                 if id != caller.user_id {
                     caller.require(scope::KEYS_WRITE)?;
                 }
@@ -107,14 +109,14 @@ impl Domain {
     async fn insert_new_key(
         &self,
         ctx: &Ctx,
-        owner_id: i64,
+        owner_id: UserId,
         name: String,
         scopes: Vec<String>,
         environment: KeyEnvironment,
         expires_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey> {
-        let (key, hash) = self.tokens.generate(environment.token_kind())?;
+        let (key, hash) = self.tokens.generate(TokenKind::of_key(environment))?;
         let api_key = self
             .store
             .insert_key(
@@ -129,7 +131,7 @@ impl Domain {
                     expires_at,
                     rotated_from_id: None,
                 },
-                |key| {
+                &|key: &ApiKey| {
                     let detail = format!("owner=user:{owner_id} scopes={}", key.scopes.join(","));
                     vec![
                         ctx.event(now, Action::KeyCreated, Outcome::Success, format!("key:{}", key.id))
@@ -138,7 +140,7 @@ impl Domain {
                 },
             )
             .await?;
-        tracing::info!(key_id = api_key.id, owner_id, "api key created");
+        tracing::info!(key_id = api_key.id.get(), owner_id = owner_id.get(), "api key created");
         Ok(IssuedKey { key, api_key })
     }
 
@@ -146,11 +148,11 @@ impl Domain {
     ///
     /// # Errors
     /// `NotFound` when it does not exist or the caller may not see it.
-    pub async fn get_key(&self, caller: &Principal, key_id: i64) -> Result<ApiKey> {
+    pub async fn get_key(&self, caller: &Principal, key_id: KeyId) -> Result<ApiKey> {
         self.visible_key(caller, key_id, scope::KEYS_READ).await
     }
 
-    /// Keys of an owner (0: the caller), newest first.
+    /// Keys of an owner (`None`: the caller), newest first.
     ///
     /// # Errors
     /// `Forbidden` for another owner without keys-read; `InvalidArgument`
@@ -158,15 +160,15 @@ impl Domain {
     pub async fn list_keys(
         &self,
         caller: &Principal,
-        owner_id: i64,
+        owner_id: Option<UserId>,
         requested: i32,
         token: &str,
     ) -> Result<KeyPage> {
         let owner_id = super::sessions::target_user(caller, owner_id, scope::KEYS_READ)?;
-        let before = parse_page_token(token)?;
+        let before = parse_page_token(token)?.map(KeyId::new);
         let limit = page_size(requested, 50, 500);
         let keys = self.store.list_keys(owner_id, before, limit + 1).await?;
-        Ok(Page::from_overfetch(keys, limit, |k: &ApiKey| k.id))
+        Ok(Page::from_overfetch(keys, limit, |k: &ApiKey| k.id.get()))
     }
 
     /// Changes a key's name or scopes.
@@ -178,7 +180,7 @@ impl Domain {
         &self,
         ctx: &Ctx,
         caller: &Principal,
-        key_id: i64,
+        key_id: KeyId,
         patch: KeyPatch,
     ) -> Result<ApiKey> {
         let name = patch.name.map(|name| check_name(&name, "api_key.name")).transpose()?;
@@ -190,8 +192,8 @@ impl Domain {
             .detail(scopes.as_ref().map(|s| format!("scopes={}", s.join(","))).unwrap_or_default());
         let key =
             self.store.update_key(key_id, name, scopes, &[event]).await?.ok_or(Error::NotFound("api key"))?;
-        self.validator.forget_key(key_id);
-        tracing::info!(key_id, "api key updated");
+        self.validator.forget_key(key_id).await;
+        tracing::info!(key_id = key_id.get(), "api key updated");
         Ok(key)
     }
 
@@ -199,7 +201,7 @@ impl Domain {
     ///
     /// # Errors
     /// `NotFound` when it does not exist or the caller may not manage it.
-    pub async fn revoke_key(&self, ctx: &Ctx, caller: &Principal, key_id: i64) -> Result<ApiKey> {
+    pub async fn revoke_key(&self, ctx: &Ctx, caller: &Principal, key_id: KeyId) -> Result<ApiKey> {
         let key = self.visible_key(caller, key_id, scope::KEYS_WRITE).await?;
         let now = self.clock.now();
         if key.is_revoked(now) {
@@ -208,8 +210,8 @@ impl Domain {
         let event =
             ctx.acting_as(caller).event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
         self.store.revoke_key(key_id, now, &[event]).await?;
-        self.validator.forget_key(key_id);
-        tracing::info!(key_id, "api key revoked");
+        self.validator.forget_key(key_id).await;
+        tracing::info!(key_id = key_id.get(), "api key revoked");
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
     }
 
@@ -217,12 +219,12 @@ impl Domain {
     ///
     /// # Errors
     /// `NotFound` for an unknown key.
-    pub async fn revoke_key_unchecked(&self, ctx: &Ctx, key_id: i64) -> Result<()> {
+    pub async fn revoke_key_unchecked(&self, ctx: &Ctx, key_id: KeyId) -> Result<()> {
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;
         let now = self.clock.now();
         let event = ctx.event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
         self.store.revoke_key(key_id, now, &[event]).await?;
-        self.validator.forget_key(key_id);
+        self.validator.forget_key(key_id).await;
         Ok(())
     }
 
@@ -235,7 +237,7 @@ impl Domain {
         &self,
         ctx: &Ctx,
         caller: &Principal,
-        key_id: i64,
+        key_id: KeyId,
         overlap: chrono::Duration,
     ) -> Result<(IssuedKey, ApiKey)> {
         if overlap < chrono::Duration::zero() || overlap > MAX_OVERLAP {
@@ -256,7 +258,7 @@ impl Domain {
         if old.is_revoked(now) {
             return Err(Error::invalid("key_id", "the key is revoked; create a new one"));
         }
-        let (key, hash) = self.tokens.generate(old.environment.token_kind())?;
+        let (key, hash) = self.tokens.generate(TokenKind::of_key(old.environment))?;
         let new = NewKey {
             owner_id: old.owner_id,
             name: old.name.clone(),
@@ -276,19 +278,20 @@ impl Domain {
                     .detail(detail),
             ]
         };
-        let Some((api_key, previous)) = self.store.rotate_key(old.id, now + overlap, now, new, audit).await?
+        let Some((api_key, previous)) =
+            self.store.rotate_key(old.id, now + overlap, now, new, &audit).await?
         else {
             return Err(Error::invalid("key_id", "the key was revoked or rotated meanwhile"));
         };
-        self.validator.forget_key(old.id);
-        tracing::info!(old_key_id = old.id, new_key_id = api_key.id, "api key rotated");
+        self.validator.forget_key(old.id).await;
+        tracing::info!(old_key_id = old.id.get(), new_key_id = api_key.id.get(), "api key rotated");
         Ok((IssuedKey { key, api_key }, previous))
     }
 
     /// A key the caller may see (its own, or any with `needed`). Others are
     /// `NotFound`, so their existence is not revealed.
-    async fn visible_key(&self, caller: &Principal, key_id: i64, needed: &str) -> Result<ApiKey> {
-        if key_id <= 0 {
+    async fn visible_key(&self, caller: &Principal, key_id: KeyId, needed: &str) -> Result<ApiKey> {
+        if key_id.get() <= 0 {
             return Err(Error::invalid("key_id", "must be a positive key id"));
         }
         let key = self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;

@@ -1,12 +1,39 @@
 //! Abuse protection: fixed-window rate limits per client IP, per account and
 //! per (account, IP), and per-account lockout that grows with repeats and
-//! ends by itself. The counters live in the database, so they hold across
-//! restarts and replicas.
+//! ends by itself ([`LockPolicy`]: each further lock doubles). The rules are
+//! decided here; the counters live in the database, updated atomically by
+//! the store, so they hold across restarts and replicas.
 
 use chrono::{DateTime, Utc};
 
+use super::records::{AttemptCounters, Lock};
 use super::{Action, Ctx, Domain, Error, Outcome, Result, User};
-use crate::store::LockPolicy;
+
+/// When and for how long accounts lock.
+#[derive(Clone, Copy, Debug)]
+pub struct LockPolicy {
+    /// Failed attempts that lock the account.
+    pub threshold: i32,
+    /// The first lock's length; each further lock doubles it.
+    pub base: chrono::Duration,
+    /// The longest lock.
+    pub max: chrono::Duration,
+}
+
+impl LockPolicy {
+    /// The end of the lock an account with `counters` gets at `now`: none
+    /// below the threshold; then `base`, doubled for each lock since the
+    /// last success, at most `max`.
+    #[must_use]
+    pub fn lock_until(&self, counters: AttemptCounters, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if counters.failed_attempts < self.threshold {
+            return None;
+        }
+        let doublings = u32::try_from(counters.lockouts.clamp(0, 20)).unwrap_or(20);
+        let length = self.base.checked_mul(2i32.saturating_pow(doublings)).unwrap_or(self.max).min(self.max);
+        Some(now + length)
+    }
+}
 
 /// One limit: at most `max` hits per `window` (`max` 0 turns it off).
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +123,7 @@ impl Domain {
     /// Reserves one attempt against `user`'s account before a password or
     /// code is checked; `false` when the account is locked.
     pub(super) async fn reserve_attempt(&self, user: &User) -> Result<bool> {
-        self.store.reserve_attempt(user.id, self.clock.now(), self.limits.lock).await
+        self.store.reserve_attempt(user.id, self.clock.now(), self.limits.lock.threshold).await
     }
 
     /// Records a failed attempt on `user` with its audit row, locking the
@@ -111,10 +138,17 @@ impl Domain {
         let now = self.clock.now();
         let subject = format!("user:{}", user.id);
         let event = ctx.event(now, action, Outcome::Failure, subject.clone()).detail(reason);
-        let lock = ctx.event(now, Action::AccountLocked, Outcome::Success, subject);
-        if let Some(until) = self.store.record_failure(user.id, now, self.limits.lock, &[event], lock).await?
-        {
-            tracing::warn!(user_id = user.id, %until, "account locked after repeated failures");
+        let policy = self.limits.lock;
+        let decide = |counters: AttemptCounters| {
+            policy.lock_until(counters, now).map(|until| Lock {
+                until,
+                event: ctx
+                    .event(now, Action::AccountLocked, Outcome::Success, subject.clone())
+                    .detail(format!("locked until {}", until.to_rfc3339())),
+            })
+        };
+        if let Some(until) = self.store.record_failure(user.id, &[event], &decide).await? {
+            tracing::warn!(user_id = user.id.get(), %until, "account locked after repeated failures");
             self.events.account_locked();
         }
         Ok(())
@@ -132,6 +166,33 @@ fn window(now: DateTime<Utc>, length: chrono::Duration) -> (DateTime<Utc>, DateT
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy() -> LockPolicy {
+        LockPolicy { threshold: 3, base: chrono::Duration::minutes(5), max: chrono::Duration::hours(1) }
+    }
+
+    fn counters(failed_attempts: i32, lockouts: i32) -> AttemptCounters {
+        AttemptCounters { failed_attempts, lockouts }
+    }
+
+    #[test]
+    fn no_lock_below_the_threshold() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(policy().lock_until(counters(2, 0), now), None);
+        assert_eq!(policy().lock_until(counters(2, 5), now), None);
+    }
+
+    #[test]
+    fn each_further_lock_doubles_up_to_the_longest() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let length = |lockouts| policy().lock_until(counters(3, lockouts), now).map(|until| until - now);
+        assert_eq!(length(0), Some(chrono::Duration::minutes(5)));
+        assert_eq!(length(1), Some(chrono::Duration::minutes(10)));
+        assert_eq!(length(3), Some(chrono::Duration::minutes(40)));
+        assert_eq!(length(4), Some(chrono::Duration::hours(1)));
+        assert_eq!(length(i32::MAX), Some(chrono::Duration::hours(1)));
+        assert_eq!(length(-1), Some(chrono::Duration::minutes(5)));
+    }
 
     #[test]
     fn windows_are_aligned_and_contain_now() {

@@ -9,12 +9,13 @@
 
 use chrono::{DateTime, Utc};
 
+use super::records::{NewSession, Session};
 use super::{
     Action, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Email, Error, IssuedSession, LoginOutcome,
     Outcome, Principal, Result, SessionState, User, limits::Flow, password::Password, scope,
     token::TokenKind,
 };
-use crate::{captcha, store::NewSession};
+use crate::captcha;
 
 /// Longest client IP text accepted.
 const MAX_IP: usize = 64;
@@ -335,13 +336,13 @@ impl Domain {
                     client,
                     auth_methods,
                 },
-                |session| {
+                &|session: &Session| {
                     let detail = format!("session:{} methods={methods}", session.id);
                     vec![ctx.event(now, action, Outcome::Success, format!("user:{}", user.id)).detail(detail)]
                 },
             )
             .await?;
-        tracing::info!(user_id = user.id, session_id = session.id, "session started");
+        tracing::info!(user_id = user.id.get(), session_id = session.id.get(), "session started");
         Ok(IssuedSession { token, session_id: session.id, expires_at, user })
     }
 }

@@ -15,10 +15,13 @@ use zeroize::Zeroizing;
 
 use super::{
     Action, Actor, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Error, IssuedSession, MfaChallenge,
-    MfaMethod, Outcome, Principal, Result, SessionState, User, UserKind, limits::Flow, password::Password,
-    scope, token::TokenKind,
+    MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind,
+    limits::Flow,
+    password::Password,
+    records::{CodePurpose, NewSession, RevokeSessions, Session, SessionMatch},
+    scope,
+    token::TokenKind,
 };
-use crate::store::{CodePurpose, NewSession};
 
 /// Recovery codes per set.
 const RECOVERY_CODES: usize = 10;
@@ -27,6 +30,8 @@ const RECOVERY_CHARS: usize = 16;
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// Digits of an emailed code.
 const EMAIL_DIGITS: usize = 8;
+/// Most code attempts, per pending login and per emailed code.
+const MAX_CODE_ATTEMPTS: i32 = 5;
 /// Bytes of a TOTP secret (160 bits, the RFC 4226 recommendation).
 const TOTP_SECRET_BYTES: usize = 20;
 
@@ -131,7 +136,7 @@ impl Domain {
                     client,
                     auth_methods: vec![AuthMethod::Password],
                 },
-                |session| {
+                &|session: &Session| {
                     let detail = format!("pending session:{}", session.id);
                     vec![
                         ctx.event(
@@ -149,12 +154,16 @@ impl Domain {
         if self.store.unused_recovery_codes(user.id).await? == 0 {
             methods.retain(|m| *m != MfaMethod::RecoveryCode);
         }
-        tracing::info!(user_id = user.id, session_id = session.id, "login pending a second factor");
+        tracing::info!(
+            user_id = user.id.get(),
+            session_id = session.id.get(),
+            "login pending a second factor"
+        );
         Ok(MfaChallenge { token, methods, expires_at })
     }
 
     /// The pending login `mfa_token` names, if it can still be completed.
-    async fn pending(&self, mfa_token: &str, now: DateTime<Utc>) -> Result<crate::store::SessionMatch> {
+    async fn pending(&self, mfa_token: &str, now: DateTime<Utc>) -> Result<SessionMatch> {
         if mfa_token.is_empty() {
             return Err(Error::invalid("mfa_token", "must not be empty"));
         }
@@ -212,7 +221,7 @@ impl Domain {
         let ctx = &Ctx { actor: Actor::User(user.id), ..ctx.clone() };
         // Count the attempt (on the pending login and on the account) before
         // checking the code, so parallel guesses cannot exceed the limits.
-        if !self.store.reserve_mfa_attempt(session.id).await? {
+        if !self.store.reserve_mfa_attempt(session.id, MAX_CODE_ATTEMPTS).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
         if !self.reserve_attempt(&user).await? {
@@ -221,13 +230,17 @@ impl Domain {
         let accepted = self.check_code(&user, Some(session.id), code, now).await?;
         if !accepted {
             self.record_failure(ctx, &user, Action::MfaFailed, method_label(method)).await?;
-            tracing::info!(user_id = user.id, session_id = session.id, "wrong second-factor code");
+            tracing::info!(
+                user_id = user.id.get(),
+                session_id = session.id.get(),
+                "wrong second-factor code"
+            );
             return Err(AuthFailure::InvalidCode.into());
         }
         if !self.store.complete_pending(session.id, now).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
-        self.validator.forget_session(session.id);
+        self.validator.forget_session(session.id).await;
         self.store.reset_failures(user.id).await?;
         let methods = vec![AuthMethod::Password, method.auth_method()];
         self.start_session(
@@ -246,7 +259,7 @@ impl Domain {
     async fn check_code(
         &self,
         user: &User,
-        session_id: Option<i64>,
+        session_id: Option<SessionId>,
         code: Code,
         now: DateTime<Utc>,
     ) -> Result<bool> {
@@ -264,7 +277,10 @@ impl Domain {
             }
             Code::Email(code) => {
                 let purpose = if session_id.is_some() { CodePurpose::Login } else { CodePurpose::Account };
-                let Some(row) = self.store.reserve_code_attempt(user.id, session_id, purpose, now).await?
+                let Some(row) = self
+                    .store
+                    .reserve_code_attempt(user.id, session_id, purpose, now, MAX_CODE_ATTEMPTS)
+                    .await?
                 else {
                     return Ok(false);
                 };
@@ -286,7 +302,7 @@ impl Domain {
     async fn email_code(
         &self,
         user: &User,
-        session_id: Option<i64>,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
     ) -> Result<DateTime<Utc>> {
@@ -304,14 +320,14 @@ impl Domain {
             .send_code(user.email.as_str(), &code, self.mfa.email_code_lifetime.num_minutes())
             .await
             .map_err(|e| Error::Unavailable(Box::new(e)))?;
-        tracing::info!(user_id = user.id, "one-time code emailed");
+        tracing::info!(user_id = user.id.get(), "one-time code emailed");
         Ok(expires_at)
     }
 
     // === Enrolment (the user's own session) ===
 
     /// The caller's user, when the caller is a person's session.
-    async fn own_user(&self, caller: &Principal) -> Result<(User, i64)> {
+    async fn own_user(&self, caller: &Principal) -> Result<(User, SessionId)> {
         let Some(session_id) = caller.session_id() else {
             return Err(Error::Forbidden {
                 message: "second factors are managed with the user's own session".into(),
@@ -381,13 +397,20 @@ impl Domain {
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         if !self
             .store
-            .confirm_totp(user.id, step as i64, digests.as_deref(), Some(session_id), now, &[event])
+            .confirm_totp(
+                user.id,
+                step as i64,
+                digests.as_deref(),
+                mfa_changed(Some(session_id)),
+                now,
+                &[event],
+            )
             .await?
         {
             return Err(Error::FailedPrecondition("nothing to confirm: call EnrollTotp first".into()));
         }
-        self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "TOTP turned on");
+        self.validator.forget_user(user.id).await;
+        tracing::info!(user_id = user.id.get(), "TOTP turned on");
         Ok(shown.unwrap_or_default())
     }
 
@@ -428,9 +451,11 @@ impl Domain {
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
-        self.store.enable_email_mfa(user.id, digests.as_deref(), Some(session_id), now, &[event]).await?;
-        self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "email MFA turned on");
+        self.store
+            .enable_email_mfa(user.id, digests.as_deref(), mfa_changed(Some(session_id)), now, &[event])
+            .await?;
+        self.validator.forget_user(user.id).await;
+        tracing::info!(user_id = user.id.get(), "email MFA turned on");
         Ok(shown.unwrap_or_default())
     }
 
@@ -472,9 +497,9 @@ impl Domain {
         }
         self.store.reset_failures(user.id).await?;
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
-        self.store.disable_mfa(user.id, Some(session_id), now, &[event]).await?;
-        self.validator.forget_user(user.id);
-        tracing::info!(user_id = user.id, "MFA turned off");
+        self.store.disable_mfa(user.id, mfa_changed(Some(session_id)), now, &[event]).await?;
+        self.validator.forget_user(user.id).await;
+        tracing::info!(user_id = user.id.get(), "MFA turned off");
         Ok(())
     }
 
@@ -501,7 +526,7 @@ impl Domain {
             format!("user:{}", user.id),
         );
         self.store.replace_recovery_codes(user.id, &digests, &[event]).await?;
-        tracing::info!(user_id = user.id, "recovery codes regenerated");
+        tracing::info!(user_id = user.id.get(), "recovery codes regenerated");
         Ok(shown)
     }
 
@@ -509,9 +534,9 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden` without the users-write scope; `NotFound`.
-    pub async fn reset_mfa(&self, ctx: &Ctx, caller: &Principal, user_id: i64) -> Result<u64> {
+    pub async fn reset_mfa(&self, ctx: &Ctx, caller: &Principal, user_id: UserId) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         self.store.user(user_id).await?.ok_or(Error::NotFound("user"))?;
@@ -520,9 +545,9 @@ impl Domain {
             .acting_as(caller)
             .event(now, Action::MfaDisabled, Outcome::Success, format!("user:{user_id}"))
             .detail("reset by an administrator");
-        let revoked = self.store.disable_mfa(user_id, None, now, &[event]).await?;
-        self.validator.forget_user(user_id);
-        tracing::info!(user_id, revoked, "MFA reset by an administrator");
+        let revoked = self.store.disable_mfa(user_id, mfa_changed(None), now, &[event]).await?;
+        self.validator.forget_user(user_id).await;
+        tracing::info!(user_id = user_id.get(), revoked, "MFA reset by an administrator");
         Ok(revoked)
     }
 
@@ -580,7 +605,13 @@ fn method_label(method: MfaMethod) -> &'static str {
     }
 }
 
-fn totp_context(user_id: i64) -> String {
+/// A change of second factors ends every other session of the user (the
+/// caller's own, `keep`, stays).
+fn mfa_changed(keep: Option<SessionId>) -> RevokeSessions {
+    RevokeSessions { keep, reason: "mfa_changed" }
+}
+
+fn totp_context(user_id: UserId) -> String {
     format!("totp:{user_id}")
 }
 

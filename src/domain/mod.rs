@@ -1,20 +1,26 @@
 //! The rules of portcullis: users, passwords, login, sessions, token
-//! validation, scopes. Time comes from a [`Clock`], randomness from `ring`.
+//! validation, scopes, limits, audit. Time comes from a [`Clock`],
+//! randomness from `ring`, persistence from a [`ports::Store`] (the seam).
 //!
-//! Must not import tonic, prost or sea-orm types: `grpc` converts at its edge,
-//! `store` returns the plain records defined here.
+//! Must not import tonic, prost or sea-orm, nor `crate::store`: `grpc`
+//! converts at its edge; `store` implements the seam with the records
+//! (`records`), ids (`ids`) and errors (`error`) defined here, and may
+//! import nothing else of `domain`.
 
 pub mod audit;
 mod audit_log;
 mod clock;
 pub mod credential;
-mod error;
+pub mod error;
 mod events;
+pub mod ids;
 mod keys;
 pub mod limits;
 mod login;
 mod mfa;
 pub mod password;
+pub mod ports;
+pub mod records;
 pub mod scope;
 pub mod seal;
 mod sessions;
@@ -25,23 +31,26 @@ pub mod validate;
 
 use std::sync::Arc;
 
-pub use audit::{Action, Actor, AuditEvent, AuditFilter, AuditRecord, Ctx, Outcome};
+pub use audit::{Actor, Ctx};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthFailure, Error, Result};
 pub use events::{Events, NoEvents};
+pub use ids::{KeyId, SessionId, UserId};
 pub use keys::{KeyPage, KeyPatch, NewKeyInput};
 pub use login::{CaptchaInput, CaptchaPolicy, CaptchaSettings, LoginInput};
 pub use mfa::TotpEnrollment;
+pub use records::*;
 pub use sessions::SessionPage;
 pub use types::*;
-pub use users::{NewUserInput, UserPage, UserPatch};
+pub use users::{NewUserInput, UserPage};
 pub use validate::Validator;
 
-use crate::{config::Config, store::Store};
+use crate::config::Config;
+use ports::Store;
 
 /// Everything the rules need, shared by all requests.
 pub struct Domain {
-    store: Store,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     hasher: password::Hasher,
     tokens: token::TokenFormat,
@@ -112,7 +121,7 @@ impl Domain {
     #[must_use]
     #[allow(clippy::too_many_arguments, reason = "the one constructor, called by app.rs")]
     pub fn new(
-        store: Store,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         hasher: password::Hasher,
         tokens: token::TokenFormat,
@@ -152,8 +161,8 @@ impl Domain {
 
     /// The store, for health checks.
     #[must_use]
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// Where credentials are looked for in an HTTP request.

@@ -5,9 +5,13 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Action, Actor, AuthFailure, Ctx, Domain, Error, IssuedSession, Outcome, Page, Principal, Result, Session,
-    SessionState, limits::Flow, page_size, parse_page_token, scope, token::TokenKind,
+    SessionId, SessionState, UserId,
+    limits::Flow,
+    page_size, parse_page_token,
+    records::{RevokeSessions, Rotation},
+    scope,
+    token::TokenKind,
 };
-use crate::store::Rotation;
 
 /// A page of sessions, each with whether it is the caller's own.
 pub type SessionPage = Page<(Session, bool)>;
@@ -55,10 +59,10 @@ impl Domain {
                         .event(now, Action::RefreshReuse, Outcome::Failure, subject)
                         .detail("session revoked");
                     self.store.revoke_session(session.id, "refresh_token_reuse", now, &[event]).await?;
-                    self.validator.forget_session(session.id);
+                    self.validator.forget_session(session.id).await;
                     tracing::warn!(
-                        session_id = session.id,
-                        user_id = found.user.id,
+                        session_id = session.id.get(),
+                        user_id = found.user.id.get(),
                         "refresh token reused after its grace; session revoked"
                     );
                     return Err(AuthFailure::RefreshReuse.into());
@@ -89,7 +93,7 @@ impl Domain {
                 )
                 .await?;
             if applied {
-                self.validator.forget_session(session.id);
+                self.validator.forget_session(session.id).await;
                 return Ok(IssuedSession {
                     token: new_token,
                     session_id: session.id,
@@ -119,11 +123,11 @@ impl Domain {
         let ctx = Ctx { actor: Actor::User(found.user.id), ..ctx.clone() };
         let event = ctx.event(now, Action::Logout, Outcome::Success, format!("session:{}", found.session.id));
         self.store.revoke_session(found.session.id, "logout", now, &[event]).await?;
-        self.validator.forget_session(found.session.id);
+        self.validator.forget_session(found.session.id).await;
         Ok(())
     }
 
-    /// Lists a user's active sessions (`user_id` 0: the caller's own).
+    /// Lists a user's active sessions (`user_id` `None`: the caller's own).
     ///
     /// # Errors
     /// `Forbidden` for another user's sessions without the sessions-read
@@ -131,16 +135,16 @@ impl Domain {
     pub async fn list_sessions(
         &self,
         caller: &Principal,
-        user_id: i64,
+        user_id: Option<UserId>,
         requested_page_size: i32,
         token: &str,
     ) -> Result<SessionPage> {
         let user_id = target_user(caller, user_id, scope::SESSIONS_READ)?;
-        let before = parse_page_token(token)?;
+        let before = parse_page_token(token)?.map(SessionId::new);
         let limit = page_size(requested_page_size, 50, 500);
         let now = self.clock.now();
         let sessions = self.store.list_active_sessions(user_id, now, before, limit + 1).await?;
-        let Page { items, next_page_token } = Page::from_overfetch(sessions, limit, |s: &Session| s.id);
+        let Page { items, next_page_token } = Page::from_overfetch(sessions, limit, |s: &Session| s.id.get());
         let items = items
             .into_iter()
             .map(|session| {
@@ -157,8 +161,8 @@ impl Domain {
     /// # Errors
     /// `NotFound` when the session does not exist or is another user's and
     /// the caller may not manage it.
-    pub async fn revoke_session(&self, ctx: &Ctx, caller: &Principal, session_id: i64) -> Result<()> {
-        if session_id <= 0 {
+    pub async fn revoke_session(&self, ctx: &Ctx, caller: &Principal, session_id: SessionId) -> Result<()> {
+        if session_id.get() <= 0 {
             return Err(Error::invalid("session_id", "must be a positive session id"));
         }
         let session = self.store.session(session_id).await?;
@@ -170,11 +174,11 @@ impl Domain {
         let event =
             ctx.event(now, Action::SessionRevoked, Outcome::Success, format!("session:{}", session.id));
         self.store.revoke_session(session.id, "revoked", now, &[event]).await?;
-        self.validator.forget_session(session.id);
+        self.validator.forget_session(session.id).await;
         Ok(())
     }
 
-    /// Revokes all sessions of a user (`user_id` 0: the caller), or all but
+    /// Revokes all sessions of a user (`user_id` `None`: the caller), or all but
     /// the caller's own with `keep_current`.
     ///
     /// # Errors
@@ -185,7 +189,7 @@ impl Domain {
         &self,
         ctx: &Ctx,
         caller: &Principal,
-        user_id: i64,
+        user_id: Option<UserId>,
         keep_current: bool,
     ) -> Result<(u64, DateTime<Utc>)> {
         let user_id = target_user(caller, user_id, scope::SESSIONS_WRITE)?;
@@ -206,19 +210,24 @@ impl Domain {
         let event = ctx
             .event(now, Action::SessionsRevoked, Outcome::Success, format!("user:{user_id}"))
             .detail(if keep.is_some() { "all but the current" } else { "all" });
-        let count = self.store.revoke_user_sessions(user_id, keep, "revoked", now, &[event]).await?;
-        self.validator.forget_user(user_id);
+        let count = self
+            .store
+            .revoke_user_sessions(user_id, RevokeSessions { keep, reason: "revoked" }, now, &[event])
+            .await?;
+        self.validator.forget_user(user_id).await;
         Ok((count, now))
     }
 }
 
-/// Resolves `user_id` 0 to the caller, and checks `needed` for others.
-pub(super) fn target_user(caller: &Principal, user_id: i64, needed: &str) -> Result<i64> {
+/// Resolves `None` to the caller, and checks `needed` for others.
+pub(super) fn target_user(caller: &Principal, user_id: Option<UserId>, needed: &str) -> Result<UserId> {
     match user_id {
-        0 => Ok(caller.user_id),
-        id if id == caller.user_id => Ok(id),
-        id if id < 0 => Err(Error::invalid("user_id", "must be a positive user id, or 0 for yourself")),
-        id => {
+        None => Ok(caller.user_id),
+        Some(id) if id == caller.user_id => Ok(id),
+        Some(id) if id.get() <= 0 => {
+            Err(Error::invalid("user_id", "must be a positive user id, or 0 for yourself"))
+        }
+        Some(id) => {
             caller.require(needed)?;
             Ok(id)
         }

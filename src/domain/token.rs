@@ -13,6 +13,8 @@ use ring::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
+use super::records::{KeyEnvironment, TokenHash};
+
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const SECRET_LEN: usize = 32;
 /// Secret characters shown in a key's display prefix; the rest (166 bits)
@@ -45,6 +47,15 @@ impl TokenKind {
         }
     }
 
+    /// The kind of the keys of `environment`.
+    #[must_use]
+    pub fn of_key(environment: KeyEnvironment) -> Self {
+        match environment {
+            KeyEnvironment::Live => TokenKind::LiveKey,
+            KeyEnvironment::Test => TokenKind::TestKey,
+        }
+    }
+
     fn from_marker(marker: &str) -> Option<Self> {
         [TokenKind::Session, TokenKind::MfaPending, TokenKind::LiveKey, TokenKind::TestKey]
             .into_iter()
@@ -52,26 +63,12 @@ impl TokenKind {
     }
 }
 
-/// The SHA-256 of a token: what the database stores and the cache is keyed by.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenHash(pub [u8; 32]);
-
-impl TokenHash {
-    /// Hashes a token.
-    #[must_use]
-    pub fn of(token: &str) -> Self {
-        let digest = digest::digest(&digest::SHA256, token.as_bytes());
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-}
-
-impl std::fmt::Debug for TokenHash {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // A hash is not secret, but a short form is all a reader needs.
-        write!(f, "TokenHash({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
-    }
+/// Hashes a token: SHA-256.
+fn hash(token: &str) -> TokenHash {
+    let digest = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    TokenHash(bytes)
 }
 
 /// A token that passed the format and checksum checks.
@@ -144,7 +141,7 @@ impl TokenFormat {
         }
         let checksum = checksum(&token);
         token.push_str(&checksum);
-        let hash = TokenHash::of(&token);
+        let hash = hash(&token);
         Ok((SecretString::from(token), hash))
     }
 
@@ -170,7 +167,7 @@ impl TokenFormat {
         if !bool::from(subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), given.as_bytes())) {
             return Err(FormatError::Checksum);
         }
-        Ok(ParsedToken { kind, hash: TokenHash::of(token) })
+        Ok(ParsedToken { kind, hash: hash(token) })
     }
 
     /// The non-secret start of a token, for recognising it in listings:

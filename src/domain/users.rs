@@ -1,10 +1,12 @@
 //! User accounts and passwords.
 
 use super::{
-    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, User, UserKind,
-    page_size, parse_page_token, password::Password, scope,
+    Action, AuthFailure, Ctx, Domain, Email, Error, Outcome, Page, Principal, Result, Role, SessionId, User,
+    UserId, UserKind, page_size, parse_page_token,
+    password::Password,
+    records::{NewUser, RevokeSessions, UserPatch},
+    scope,
 };
-use crate::store::NewUser;
 
 /// A page of users.
 pub type UserPage = Page<User>;
@@ -21,17 +23,6 @@ pub struct NewUserInput {
     pub kind: UserKind,
     /// Per-user session lifetime.
     pub session_lifetime: Option<chrono::Duration>,
-}
-
-/// Changes to a user; `None` leaves a field alone.
-#[derive(Clone, Debug, Default)]
-pub struct UserPatch {
-    /// New role.
-    pub role: Option<Role>,
-    /// New disabled flag.
-    pub disabled: Option<bool>,
-    /// New session lifetime; `Some(None)` clears the override.
-    pub session_lifetime: Option<Option<chrono::Duration>>,
 }
 
 impl Domain {
@@ -77,7 +68,7 @@ impl Domain {
                     session_lifetime: input.session_lifetime,
                     now,
                 },
-                |user| {
+                &|user: &User| {
                     let detail = format!("role={} kind={}", user.role.as_str(), user.kind.as_str());
                     vec![
                         ctx.event(now, Action::UserCreated, Outcome::Success, format!("user:{}", user.id))
@@ -86,15 +77,15 @@ impl Domain {
                 },
             )
             .await?;
-        tracing::info!(user_id = user.id, role = user.role.as_str(), "user created");
+        tracing::info!(user_id = user.id.get(), role = user.role.as_str(), "user created");
         Ok(user)
     }
 
-    /// One user: the caller itself, or any with the users-read scope.
+    /// One user (`None`: the caller itself), or any with the users-read scope.
     ///
     /// # Errors
     /// `Forbidden` or `NotFound`.
-    pub async fn get_user(&self, caller: &Principal, user_id: i64) -> Result<User> {
+    pub async fn get_user(&self, caller: &Principal, user_id: Option<UserId>) -> Result<User> {
         let user_id = super::sessions::target_user(caller, user_id, scope::USERS_READ)?;
         self.store.user(user_id).await?.ok_or(Error::NotFound("user"))
     }
@@ -111,10 +102,10 @@ impl Domain {
         token: &str,
     ) -> Result<UserPage> {
         caller.require(scope::USERS_READ)?;
-        let after = parse_page_token(token)?;
+        let after = parse_page_token(token)?.map(UserId::new);
         let limit = page_size(requested_page_size, 50, 500);
         let users = self.store.list_users(after, limit + 1).await?;
-        Ok(Page::from_overfetch(users, limit, |u: &User| u.id))
+        Ok(Page::from_overfetch(users, limit, |u: &User| u.id.get()))
     }
 
     /// Changes a user. Disabling revokes every session at once.
@@ -125,11 +116,11 @@ impl Domain {
         &self,
         ctx: &Ctx,
         caller: &Principal,
-        user_id: i64,
+        user_id: UserId,
         patch: UserPatch,
     ) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user.id", "must be a positive user id"));
         }
         if let Some(Some(lifetime)) = patch.session_lifetime {
@@ -150,11 +141,17 @@ impl Domain {
             .acting_as(caller)
             .event(now, Action::UserUpdated, Outcome::Success, format!("user:{user_id}"))
             .detail(changed.join(" "));
-        let user =
-            self.store.update_user(user_id, &patch, now, &[event]).await?.ok_or(Error::NotFound("user"))?;
+        // Disabling a user ends its sessions at once.
+        let revoke =
+            (patch.disabled == Some(true)).then_some(RevokeSessions { keep: None, reason: "user_disabled" });
+        let user = self
+            .store
+            .update_user(user_id, &patch, revoke, now, &[event])
+            .await?
+            .ok_or(Error::NotFound("user"))?;
         // Role and disabled flag are cached with each token.
-        self.validator.forget_user(user_id);
-        tracing::info!(user_id, "user updated");
+        self.validator.forget_user(user_id).await;
+        tracing::info!(user_id = user_id.get(), "user updated");
         Ok(user)
     }
 
@@ -195,11 +192,11 @@ impl Domain {
         let event = ctx.event(now, Action::PasswordChanged, Outcome::Success, format!("user:{}", user.id));
         let revoked = self
             .store
-            .set_password(caller.user_id, hash, Some(session_id), now, &[event])
+            .set_password(caller.user_id, hash, password_changed(Some(session_id)), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
-        self.validator.forget_user(caller.user_id);
-        tracing::info!(user_id = caller.user_id, revoked, "password changed");
+        self.validator.forget_user(caller.user_id).await;
+        tracing::info!(user_id = caller.user_id.get(), revoked, "password changed");
         Ok(revoked)
     }
 
@@ -207,9 +204,15 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden`, `InvalidArgument`, `NotFound`.
-    pub async fn set_password(&self, ctx: &Ctx, caller: &Principal, user_id: i64, new: &str) -> Result<u64> {
+    pub async fn set_password(
+        &self,
+        ctx: &Ctx,
+        caller: &Principal,
+        user_id: UserId,
+        new: &str,
+    ) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
-        if user_id <= 0 {
+        if user_id.get() <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
         let new = Password::parse(new, "new_password")?;
@@ -230,11 +233,11 @@ impl Domain {
         );
         let revoked = self
             .store
-            .set_password(user_id, hash, None, now, &[event])
+            .set_password(user_id, hash, password_changed(None), now, &[event])
             .await?
             .ok_or(Error::NotFound("user"))?;
-        self.validator.forget_user(user_id);
-        tracing::info!(user_id, revoked, "password set");
+        self.validator.forget_user(user_id).await;
+        tracing::info!(user_id = user_id.get(), revoked, "password set");
         Ok(revoked)
     }
 
@@ -244,4 +247,10 @@ impl Domain {
         }
         Ok(())
     }
+}
+
+/// A new password ends every other session of the user (the caller's own,
+/// `keep`, stays).
+fn password_changed(keep: Option<SessionId>) -> RevokeSessions {
+    RevokeSessions { keep, reason: "password_changed" }
 }

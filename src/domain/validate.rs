@@ -5,9 +5,18 @@
 //! tokens are cached as unknown for a short time. Revocation on this replica
 //! clears the cache at once; an epoch counter stops a read that raced with a
 //! revocation from putting a stale answer back. Last-seen times are written
-//! coarsely by a background task, never once per validation.
+//! coarsely, in batches, never once per validation.
+//!
+//! The validator spawns nothing: [`Validator::new`] hands back its background
+//! work as [`ValidatorTasks`] for the caller (`app`) to run, each with a stop
+//! signal: the [`LastSeenWriter`], which writes what is still queued before it
+//! ends (asked to stop, or when the validator is dropped), and, when replicas
+//! share the store (PostgreSQL), the [`RevocationFollower`], which applies the
+//! revocations other replicas announce. A revocation here is announced to the
+//! others before the call that made it returns.
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,17 +29,21 @@ use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
 
 use super::{
-    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, Principal, Result, Role, SessionState, User,
+    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
+    SessionState, User, UserId,
+    ports::Store,
+    records::{SessionMatch, TokenHash},
     scope,
-    token::{TokenFormat, TokenHash, TokenKind},
+    token::{TokenFormat, TokenKind},
 };
-use crate::store::{SessionMatch, Store};
 
 /// How often, at most, one session's last-seen time is written.
 const SEEN_INTERVAL: Duration = Duration::from_mins(1);
 /// Last-seen updates waiting to be written; more are dropped (they are
 /// advisory, and dropping never blocks validation).
 const SEEN_QUEUE: usize = 4096;
+/// Last-seen updates written at once.
+const SEEN_BATCH: usize = 64;
 
 /// What the cache knows about a token hash.
 #[derive(Clone, Debug)]
@@ -44,7 +57,7 @@ enum Entry {
 }
 
 impl Entry {
-    fn user_id(&self) -> Option<i64> {
+    fn user_id(&self) -> Option<UserId> {
         match self {
             Entry::Session(known) => Some(known.user_id),
             Entry::Key(known) => Some(known.owner.id),
@@ -89,8 +102,8 @@ impl KnownKey {
 /// The facts needed to answer for a session token without the database.
 #[derive(Debug)]
 struct KnownSession {
-    session_id: i64,
-    user_id: i64,
+    session_id: SessionId,
+    user_id: UserId,
     email: Email,
     role: Role,
     disabled: bool,
@@ -186,7 +199,7 @@ pub struct CacheConfig {
 /// Validates tokens; shared by `ValidateToken` and the check of every
 /// management call's own credential.
 pub struct Validator {
-    store: Store,
+    store: Arc<dyn Store>,
     tokens: TokenFormat,
     cache: Cache<TokenHash, Entry>,
     epoch: Arc<AtomicU64>,
@@ -196,22 +209,25 @@ pub struct Validator {
 }
 
 impl Validator {
-    /// A validator over `store`; spawns the last-seen writer on the current
-    /// tokio runtime.
+    /// A validator over `store`, and the background work it needs run.
     #[must_use]
-    pub fn new(store: Store, tokens: TokenFormat, config: CacheConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, tokens: TokenFormat, config: CacheConfig) -> (Self, ValidatorTasks) {
         let cache = Cache::builder()
             .max_capacity(config.capacity)
             .expire_after(EntryExpiry { known: config.ttl, unknown: config.negative_ttl })
             .support_invalidation_closures()
             .build();
         let (seen_tx, seen_rx) = mpsc::channel(SEEN_QUEUE);
-        tokio::spawn(write_last_seen(store.clone(), seen_rx));
         let epoch = Arc::new(AtomicU64::new(0));
-        if store.is_postgres() {
-            tokio::spawn(follow_revocations(store.clone(), cache.clone(), Arc::clone(&epoch)));
-        }
-        Self {
+        let tasks = ValidatorTasks {
+            last_seen: LastSeenWriter { store: Arc::clone(&store), queue: seen_rx },
+            revocations: store.is_shared().then(|| RevocationFollower {
+                store: Arc::clone(&store),
+                cache: cache.clone(),
+                epoch: Arc::clone(&epoch),
+            }),
+        };
+        let validator = Self {
             store,
             tokens,
             cache,
@@ -219,7 +235,8 @@ impl Validator {
             seen: Cache::builder().max_capacity(config.capacity).time_to_live(SEEN_INTERVAL).build(),
             seen_tx,
             lookups: AtomicU64::new(0),
-        }
+        };
+        (validator, tasks)
     }
 
     /// The principal behind `token`, if it holds every scope in `required`.
@@ -247,19 +264,19 @@ impl Validator {
 
     /// Forgets every cached token of session `id`, here and (PostgreSQL)
     /// on every other replica.
-    pub fn forget_session(&self, id: i64) {
-        self.forget(Forget::Session(id));
+    pub async fn forget_session(&self, id: SessionId) {
+        self.forget(Forget::Session(id)).await;
     }
 
     /// Forgets API key `id`, here and on every other replica.
-    pub fn forget_key(&self, id: i64) {
-        self.forget(Forget::Key(id));
+    pub async fn forget_key(&self, id: KeyId) {
+        self.forget(Forget::Key(id)).await;
     }
 
     /// Forgets every cached session token and API key of user `id`, here and
     /// on every other replica.
-    pub fn forget_user(&self, id: i64) {
-        self.forget(Forget::User(id));
+    pub async fn forget_user(&self, id: UserId) {
+        self.forget(Forget::User(id)).await;
     }
 
     /// How many database lookups validation has made (cache misses).
@@ -268,17 +285,14 @@ impl Validator {
         self.lookups.load(Ordering::Relaxed)
     }
 
-    fn forget(&self, what: Forget) {
+    async fn forget(&self, what: Forget) {
         forget_here(&self.cache, &self.epoch, what);
-        if self.store.is_postgres() {
-            // Other replicas hear it through LISTEN/NOTIFY; a lost
-            // notification is bounded by their cache lifetime.
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(err) = store.notify_revocation(&what.to_string()).await {
-                    tracing::warn!(error = %err, "could not notify other replicas of a revocation");
-                }
-            });
+        // Other replicas hear it through LISTEN/NOTIFY; a lost announcement
+        // is bounded by their cache lifetime.
+        if self.store.is_shared()
+            && let Err(err) = self.store.announce_revocation(&what.to_string()).await
+        {
+            tracing::warn!(error = %err, "could not notify other replicas of a revocation");
         }
     }
 
@@ -316,34 +330,74 @@ impl Validator {
     }
 }
 
-/// Writes session last-seen and key last-used times in batches until the
-/// validator is dropped.
-async fn write_last_seen(store: Store, mut rx: mpsc::Receiver<(CredentialId, DateTime<Utc>)>) {
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        let (mut sessions, mut keys) = (Vec::new(), Vec::new());
-        for (credential, at) in batch.drain(..) {
-            match credential {
-                CredentialId::Session(id) => sessions.push((id, at)),
-                CredentialId::ApiKey(id) => keys.push((id, at)),
+/// The validator's background work, for the caller to run: the validator
+/// spawns nothing.
+pub struct ValidatorTasks {
+    /// Writes last-seen and last-used times.
+    pub last_seen: LastSeenWriter,
+    /// Applies other replicas' revocations; `None` when no other replica
+    /// shares the store (SQLite).
+    pub revocations: Option<RevocationFollower>,
+}
+
+/// Writes session last-seen and key last-used times in batches, one flush
+/// per batch of at most 64.
+pub struct LastSeenWriter {
+    store: Arc<dyn Store>,
+    queue: mpsc::Receiver<(CredentialId, DateTime<Utc>)>,
+}
+
+impl LastSeenWriter {
+    /// Writes until `stop` resolves or the validator is dropped, then writes
+    /// what is still queued and returns.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let Self { store, mut queue } = self;
+        let mut stop = std::pin::pin!(stop);
+        let mut batch = Vec::with_capacity(SEEN_BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                // Cancel-safe: a batch interrupted by `stop` stays queued.
+                received = queue.recv_many(&mut batch, SEEN_BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                    write_seen(store.as_ref(), &mut batch).await;
+                }
             }
         }
-        let written = match store.touch_sessions(&sessions).await {
-            Ok(()) => store.touch_keys(&keys).await,
-            Err(err) => Err(err),
-        };
-        if let Err(err) = written {
-            tracing::warn!(error = %err, "could not record last-used times");
+        queue.close();
+        while queue.recv_many(&mut batch, SEEN_BATCH).await > 0 {
+            write_seen(store.as_ref(), &mut batch).await;
         }
+    }
+}
+
+/// Writes one batch (and empties it).
+async fn write_seen(store: &dyn Store, batch: &mut Vec<(CredentialId, DateTime<Utc>)>) {
+    let (mut sessions, mut keys) = (Vec::new(), Vec::new());
+    for (credential, at) in batch.drain(..) {
+        match credential {
+            CredentialId::Session(id) => sessions.push((id, at)),
+            CredentialId::ApiKey(id) => keys.push((id, at)),
+        }
+    }
+    let written = match store.touch_sessions(&sessions).await {
+        Ok(()) => store.touch_keys(&keys).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        tracing::warn!(error = %err, "could not record last-used times");
     }
 }
 
 /// What a revocation makes the caches forget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Forget {
-    Session(i64),
-    Key(i64),
-    User(i64),
+    Session(SessionId),
+    Key(KeyId),
+    User(UserId),
 }
 
 impl std::fmt::Display for Forget {
@@ -363,9 +417,9 @@ impl std::str::FromStr for Forget {
         let (kind, id) = text.split_once(':').ok_or(())?;
         let id: i64 = id.parse().map_err(|_| ())?;
         match kind {
-            "session" => Ok(Forget::Session(id)),
-            "key" => Ok(Forget::Key(id)),
-            "user" => Ok(Forget::User(id)),
+            "session" => Ok(Forget::Session(SessionId::new(id))),
+            "key" => Ok(Forget::Key(KeyId::new(id))),
+            "user" => Ok(Forget::User(UserId::new(id))),
             _ => Err(()),
         }
     }
@@ -388,39 +442,54 @@ fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget)
 }
 
 /// Applies other replicas' revocations (PostgreSQL LISTEN/NOTIFY) to this
-/// replica's cache until the store closes. While the listening connection is
-/// down, notifications may be missed: the whole cache is dropped on
-/// reconnecting.
-async fn follow_revocations(store: Store, cache: Cache<TokenHash, Entry>, epoch: Arc<AtomicU64>) {
-    loop {
-        let mut listener = match store.revocation_listener().await {
-            Ok(listener) => listener,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for revocations; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
+/// replica's cache. While the listening connection is down, announcements
+/// may be missed: the whole cache is dropped on reconnecting.
+pub struct RevocationFollower {
+    store: Arc<dyn Store>,
+    cache: Cache<TokenHash, Entry>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl RevocationFollower {
+    /// Follows (reconnecting after a failure) until `stop` resolves.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        tokio::select! {
+            () = self.follow() => {}
+            () = stop => {}
+        }
+    }
+
+    async fn follow(&self) {
         loop {
-            match listener.next().await {
-                Ok(Some(payload)) => {
-                    if let Ok(what) = payload.parse::<Forget>() {
-                        forget_here(&cache, &epoch, what);
-                    } else {
-                        tracing::warn!(payload, "unknown revocation notification");
-                    }
-                }
-                Ok(None) => {
-                    // Reconnected: something may have been missed.
-                    cache.invalidate_all();
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                }
+            let mut listener = match self.store.revocation_listener().await {
+                Ok(listener) => listener,
                 Err(err) => {
-                    tracing::warn!(error = %err, "revocation listener failed; reconnecting");
-                    cache.invalidate_all();
-                    epoch.fetch_add(1, Ordering::AcqRel);
+                    tracing::warn!(error = %err, "cannot listen for revocations; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    break;
+                    continue;
+                }
+            };
+            loop {
+                match listener.next().await {
+                    Ok(Some(payload)) => {
+                        if let Ok(what) = payload.parse::<Forget>() {
+                            forget_here(&self.cache, &self.epoch, what);
+                        } else {
+                            tracing::warn!(payload, "unknown revocation notification");
+                        }
+                    }
+                    Ok(None) => {
+                        // Reconnected: something may have been missed.
+                        self.cache.invalidate_all();
+                        self.epoch.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "revocation listener failed; reconnecting");
+                        self.cache.invalidate_all();
+                        self.epoch.fetch_add(1, Ordering::AcqRel);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
                 }
             }
         }

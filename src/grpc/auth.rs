@@ -163,8 +163,11 @@ impl auth_service_server::AuthService for AuthService {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListSessionsRequest { user_id, page_size, page_token } = request.into_inner();
-        let page =
-            self.domain.list_sessions(&caller, user_id, page_size, &page_token).await.map_err(to_status)?;
+        let page = self
+            .domain
+            .list_sessions(&caller, convert::user_or_caller(user_id), page_size, &page_token)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: page.items.into_iter().map(|(s, current)| convert::session(s, current)).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -178,7 +181,10 @@ impl auth_service_server::AuthService for AuthService {
     ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
         let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeSessionRequest { session_id } = request.into_inner();
-        self.domain.revoke_session(&ctx, &caller, session_id).await.map_err(to_status)?;
+        self.domain
+            .revoke_session(&ctx, &caller, domain::SessionId::new(session_id))
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
@@ -189,8 +195,11 @@ impl auth_service_server::AuthService for AuthService {
     ) -> Result<Response<pb::RevokeSessionsResponse>, Status> {
         let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeSessionsRequest { user_id, keep_current } = request.into_inner();
-        let (count, at) =
-            self.domain.revoke_sessions(&ctx, &caller, user_id, keep_current).await.map_err(to_status)?;
+        let (count, at) = self
+            .domain
+            .revoke_sessions(&ctx, &caller, convert::user_or_caller(user_id), keep_current)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::RevokeSessionsResponse {
             revoked_count: count as i64,
             revoke_time: Some(convert::timestamp(at)),

@@ -1,14 +1,25 @@
 //! Conversions between proto messages and domain records. Domain → proto
 //! conversions destructure every field, so a new field breaks the build
-//! until it is mapped.
+//! until it is mapped. Wire ids (`int64`) become typed ids here (`UserId`,
+//! `SessionId`, `KeyId`) and back, unchanged: the rules check the ids a
+//! client sends.
 
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use crate::{
-    domain::{self, AuthMethod, CredentialId, Error, KeyEnvironment, MfaMethod, Result, Role, UserKind},
+    domain::{
+        self, AuthMethod, CredentialId, Error, KeyEnvironment, KeyId, MfaMethod, Result, Role, UserId,
+        UserKind,
+    },
     proto::v1 as pb,
 };
+
+/// A wire user id where 0 means "the caller": `None` for 0.
+#[must_use]
+pub fn user_or_caller(id: i64) -> Option<UserId> {
+    (id != 0).then_some(UserId::new(id))
+}
 
 /// A timestamp for the wire.
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -113,7 +124,7 @@ impl From<domain::User> for pb::User {
         let domain::User { id, email, role, disabled, session_lifetime, created_at, updated_at, kind, mfa } =
             user;
         pb::User {
-            id,
+            id: id.get(),
             email: email.as_str().to_owned(),
             role: pb::Role::from(role) as i32,
             kind: match kind {
@@ -135,13 +146,15 @@ impl From<domain::Principal> for pb::Principal {
             principal;
         let (kind, credential_id) = match credential {
             CredentialId::Session(id) => {
-                (pb::PrincipalKind::Session, pb::principal::CredentialId::SessionId(id))
+                (pb::PrincipalKind::Session, pb::principal::CredentialId::SessionId(id.get()))
             }
-            CredentialId::ApiKey(id) => (pb::PrincipalKind::ApiKey, pb::principal::CredentialId::KeyId(id)),
+            CredentialId::ApiKey(id) => {
+                (pb::PrincipalKind::ApiKey, pb::principal::CredentialId::KeyId(id.get()))
+            }
         };
         pb::Principal {
             kind: kind as i32,
-            user_id,
+            user_id: user_id.get(),
             email: email.as_str().to_owned(),
             role: pb::Role::from(role) as i32,
             credential_id: Some(credential_id),
@@ -168,8 +181,8 @@ pub fn session(session: domain::Session, current: bool) -> pb::Session {
         auth_methods,
     } = session;
     pb::Session {
-        id,
-        user_id,
+        id: id.get(),
+        user_id: user_id.get(),
         create_time: Some(timestamp(created_at)),
         last_seen_time: Some(timestamp(last_seen_at)),
         expire_time: Some(timestamp(expires_at)),
@@ -188,7 +201,7 @@ impl From<domain::IssuedSession> for pb::IssuedSession {
         pb::IssuedSession {
             token: token.expose_secret().to_owned(),
             expire_time: Some(timestamp(expires_at)),
-            session_id,
+            session_id: session_id.get(),
             user: Some(user.into()),
         }
     }
@@ -248,9 +261,9 @@ impl From<domain::ApiKey> for pb::ApiKey {
             rotated_from_id,
         } = key;
         pb::ApiKey {
-            id,
+            id: id.get(),
             name,
-            owner_id,
+            owner_id: owner_id.get(),
             scopes,
             environment: match environment {
                 KeyEnvironment::Live => pb::KeyEnvironment::Live,
@@ -261,7 +274,7 @@ impl From<domain::ApiKey> for pb::ApiKey {
             expire_time: expires_at.map(timestamp),
             last_used_time: last_used_at.map(timestamp),
             revoke_time: revoked_at.map(timestamp),
-            rotated_from_id: rotated_from_id.unwrap_or_default(),
+            rotated_from_id: rotated_from_id.map_or(0, KeyId::get),
         }
     }
 }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authenticated, convert, to_status};
 use crate::{
-    domain::{Domain, Error, KeyPatch, NewKeyInput},
+    domain::{Domain, Error, KeyId, KeyPatch, NewKeyInput},
     proto::v1::{self as pb, key_service_server},
     request::Call,
 };
@@ -41,7 +41,7 @@ impl key_service_server::KeyService for KeyService {
             scopes,
             environment: convert::environment_from(environment, "environment").map_err(to_status)?,
             expires_at: convert::timestamp_from(expire_time, "expire_time").map_err(to_status)?,
-            owner_id,
+            owner_id: convert::user_or_caller(owner_id),
         };
         let issued = self.domain.create_key(&ctx, &caller, input).await.map_err(to_status)?;
         Ok(Response::new(pb::CreateApiKeyResponse {
@@ -57,7 +57,7 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::GetApiKeyResponse>, Status> {
         let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::GetApiKeyRequest { key_id } = request.into_inner();
-        let key = self.domain.get_key(&caller, key_id).await.map_err(to_status)?;
+        let key = self.domain.get_key(&caller, KeyId::new(key_id)).await.map_err(to_status)?;
         Ok(Response::new(pb::GetApiKeyResponse { api_key: Some(key.into()) }))
     }
 
@@ -68,8 +68,11 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::ListApiKeysRequest { owner_id, page_size, page_token } = request.into_inner();
-        let page =
-            self.domain.list_keys(&caller, owner_id, page_size, &page_token).await.map_err(to_status)?;
+        let page = self
+            .domain
+            .list_keys(&caller, convert::user_or_caller(owner_id), page_size, &page_token)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::ListApiKeysResponse {
             api_keys: page.items.into_iter().map(Into::into).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
@@ -101,7 +104,8 @@ impl key_service_server::KeyService for KeyService {
                 }
             }
         }
-        let key = self.domain.update_key(&ctx, &caller, api_key.id, patch).await.map_err(to_status)?;
+        let key =
+            self.domain.update_key(&ctx, &caller, KeyId::new(api_key.id), patch).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateApiKeyResponse { api_key: Some(key.into()) }))
     }
 
@@ -112,7 +116,7 @@ impl key_service_server::KeyService for KeyService {
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::RevokeApiKeyRequest { key_id } = request.into_inner();
-        let key = self.domain.revoke_key(&ctx, &caller, key_id).await.map_err(to_status)?;
+        let key = self.domain.revoke_key(&ctx, &caller, KeyId::new(key_id)).await.map_err(to_status)?;
         Ok(Response::new(pb::RevokeApiKeyResponse { api_key: Some(key.into()) }))
     }
 
@@ -125,7 +129,7 @@ impl key_service_server::KeyService for KeyService {
         let pb::RotateApiKeyRequest { key_id, overlap } = request.into_inner();
         let overlap = convert::duration_from(overlap, "overlap").map_err(to_status)?.unwrap_or_default();
         let (issued, previous) =
-            self.domain.rotate_key(&ctx, &caller, key_id, overlap).await.map_err(to_status)?;
+            self.domain.rotate_key(&ctx, &caller, KeyId::new(key_id), overlap).await.map_err(to_status)?;
         Ok(Response::new(pb::RotateApiKeyResponse {
             key: issued.key.expose_secret().to_owned(),
             api_key: Some(issued.api_key.into()),

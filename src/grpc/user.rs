@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{authenticated, convert, to_status};
 use crate::{
-    domain::{Domain, Error, NewUserInput, Role, UserPatch},
+    domain::{Domain, Error, NewUserInput, Role, UserId, UserPatch},
     proto::v1::{self as pb, user_service_server},
     request::Call,
 };
@@ -54,7 +54,8 @@ impl user_service_server::UserService for UserService {
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let Call { caller, .. } = authenticated(&self.domain, &request).await?;
         let pb::GetUserRequest { user_id } = request.into_inner();
-        let user = self.domain.get_user(&caller, user_id).await.map_err(to_status)?;
+        let user =
+            self.domain.get_user(&caller, convert::user_or_caller(user_id)).await.map_err(to_status)?;
         Ok(Response::new(pb::GetUserResponse { user: Some(user.into()) }))
     }
 
@@ -105,7 +106,8 @@ impl user_service_server::UserService for UserService {
                 }
             }
         }
-        let user = self.domain.update_user(&ctx, &caller, user.id, patch).await.map_err(to_status)?;
+        let user =
+            self.domain.update_user(&ctx, &caller, UserId::new(user.id), patch).await.map_err(to_status)?;
         Ok(Response::new(pb::UpdateUserResponse { user: Some(user.into()) }))
     }
 
@@ -131,8 +133,11 @@ impl user_service_server::UserService for UserService {
     ) -> Result<Response<pb::SetPasswordResponse>, Status> {
         let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::SetPasswordRequest { user_id, new_password } = request.into_inner();
-        let revoked =
-            self.domain.set_password(&ctx, &caller, user_id, &new_password).await.map_err(to_status)?;
+        let revoked = self
+            .domain
+            .set_password(&ctx, &caller, UserId::new(user_id), &new_password)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::SetPasswordResponse { revoked_sessions: revoked as i64 }))
     }
 
@@ -214,7 +219,7 @@ impl user_service_server::UserService for UserService {
     ) -> Result<Response<pb::ResetMfaResponse>, Status> {
         let Call { ctx, caller } = authenticated(&self.domain, &request).await?;
         let pb::ResetMfaRequest { user_id } = request.into_inner();
-        let revoked = self.domain.reset_mfa(&ctx, &caller, user_id).await.map_err(to_status)?;
+        let revoked = self.domain.reset_mfa(&ctx, &caller, UserId::new(user_id)).await.map_err(to_status)?;
         Ok(Response::new(pb::ResetMfaResponse { revoked_sessions: revoked as i64 }))
     }
 }

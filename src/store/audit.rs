@@ -1,13 +1,18 @@
 //! The audit log: rows are inserted inside the transaction of the change
 //! they record, and only ever read afterwards.
 
+use async_trait::async_trait;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
 };
 
-use super::{Store, entity::audit_events, unavailable};
-use crate::domain::{AuditEvent, AuditFilter, AuditRecord, Result};
+use super::{SqlStore, entity::audit_events, unavailable};
+use crate::domain::{
+    error::Result,
+    ports::AuditStore,
+    records::{AuditEvent, AuditFilter, AuditRecord},
+};
 
 /// Inserts `events` on `conn` (a transaction, normally).
 pub(crate) async fn write<C: ConnectionTrait>(conn: &C, events: &[AuditEvent]) -> Result<()> {
@@ -35,14 +40,15 @@ fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
 
-impl Store {
+#[async_trait]
+impl AuditStore for SqlStore {
     /// Writes events that record no other change (a refused login).
-    pub async fn audit(&self, events: &[AuditEvent]) -> Result<()> {
+    async fn audit(&self, events: &[AuditEvent]) -> Result<()> {
         write(&self.db, events).await
     }
 
     /// Events matching `filter`, newest first, before id `before`.
-    pub async fn list_audit(
+    async fn list_audit(
         &self,
         filter: &AuditFilter,
         before: Option<i64>,

@@ -1,5 +1,6 @@
 //! Queries on `api_keys`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -7,33 +8,16 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable,
+    SqlStore, audit, conflict_or_unavailable,
     entity::{api_keys, users},
     unavailable,
 };
-use crate::domain::{ApiKey, AuditEvent, Error, KeyEnvironment, Result, User, token::TokenHash};
-
-/// A key to insert.
-pub struct NewKey {
-    /// Owner.
-    pub owner_id: i64,
-    /// Name.
-    pub name: String,
-    /// Hash of the key.
-    pub hash: TokenHash,
-    /// Non-secret start of the key.
-    pub display_prefix: String,
-    /// Live or test.
-    pub environment: KeyEnvironment,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// Creation time.
-    pub now: DateTime<Utc>,
-    /// Expiry.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// The key this one replaces.
-    pub rotated_from_id: Option<i64>,
-}
+use crate::domain::{
+    error::{Error, Result},
+    ids::{KeyId, UserId},
+    ports::{AuditFor, KeyStore},
+    records::{ApiKey, AuditEvent, KeyEnvironment, NewKey, TokenHash, User},
+};
 
 impl TryFrom<api_keys::Model> for ApiKey {
     type Error = Error;
@@ -54,8 +38,8 @@ impl TryFrom<api_keys::Model> for ApiKey {
             rotated_from_id,
         } = model;
         Ok(ApiKey {
-            id,
-            owner_id,
+            id: KeyId::new(id),
+            owner_id: UserId::new(owner_id),
             name,
             scopes: scopes.split_whitespace().map(str::to_owned).collect(),
             environment: KeyEnvironment::from_stored(&environment)?,
@@ -64,14 +48,14 @@ impl TryFrom<api_keys::Model> for ApiKey {
             expires_at,
             last_used_at,
             revoked_at,
-            rotated_from_id,
+            rotated_from_id: rotated_from_id.map(KeyId::new),
         })
     }
 }
 
 fn active_model(new: NewKey) -> api_keys::ActiveModel {
     api_keys::ActiveModel {
-        owner_id: Set(new.owner_id),
+        owner_id: Set(new.owner_id.get()),
         name: Set(new.name),
         key_hash: Set(new.hash.0.to_vec()),
         display_prefix: Set(new.display_prefix),
@@ -81,18 +65,15 @@ fn active_model(new: NewKey) -> api_keys::ActiveModel {
         expires_at: Set(new.expires_at),
         last_used_at: Set(None),
         revoked_at: Set(None),
-        rotated_from_id: Set(new.rotated_from_id),
+        rotated_from_id: Set(new.rotated_from_id.map(KeyId::get)),
         ..Default::default()
     }
 }
 
-impl Store {
+#[async_trait]
+impl KeyStore for SqlStore {
     /// Inserts a key.
-    pub async fn insert_key(
-        &self,
-        new: NewKey,
-        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
-    ) -> Result<ApiKey> {
+    async fn insert_key(&self, new: NewKey, audit: AuditFor<'_, ApiKey>) -> Result<ApiKey> {
         let txn = self.begin().await?;
         let key: ApiKey =
             active_model(new).insert(&txn).await.map_err(conflict_or_unavailable("api key"))?.try_into()?;
@@ -102,8 +83,8 @@ impl Store {
     }
 
     /// The key with `id`.
-    pub async fn key(&self, id: i64) -> Result<Option<ApiKey>> {
-        api_keys::Entity::find_by_id(id)
+    async fn key(&self, id: KeyId) -> Result<Option<ApiKey>> {
+        api_keys::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -112,7 +93,7 @@ impl Store {
     }
 
     /// The key whose hash is `hash`, with its owner. One indexed read.
-    pub async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>> {
+    async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>> {
         let found = api_keys::Entity::find()
             .filter(api_keys::Column::KeyHash.eq(hash.0.to_vec()))
             .find_also_related(users::Entity)
@@ -126,27 +107,28 @@ impl Store {
     }
 
     /// Keys of `owner_id`, newest first, before `before`.
-    pub async fn list_keys(&self, owner_id: i64, before: Option<i64>, limit: u64) -> Result<Vec<ApiKey>> {
+    async fn list_keys(&self, owner_id: UserId, before: Option<KeyId>, limit: u64) -> Result<Vec<ApiKey>> {
         let mut query = api_keys::Entity::find()
-            .filter(api_keys::Column::OwnerId.eq(owner_id))
+            .filter(api_keys::Column::OwnerId.eq(owner_id.get()))
             .order_by_desc(api_keys::Column::Id)
             .limit(limit);
         if let Some(before) = before {
-            query = query.filter(api_keys::Column::Id.lt(before));
+            query = query.filter(api_keys::Column::Id.lt(before.get()));
         }
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(ApiKey::try_from).collect()
     }
 
     /// Sets a key's name and/or scopes.
-    pub async fn update_key(
+    async fn update_key(
         &self,
-        id: i64,
+        id: KeyId,
         name: Option<String>,
         scopes: Option<Vec<String>>,
         events: &[AuditEvent],
     ) -> Result<Option<ApiKey>> {
         let txn = self.begin().await?;
-        let Some(existing) = api_keys::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
+        let Some(existing) = api_keys::Entity::find_by_id(id.get()).one(&txn).await.map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let mut model: api_keys::ActiveModel = existing.into();
@@ -163,11 +145,11 @@ impl Store {
     }
 
     /// Makes key `id` stop working at `at`, unless it already stops earlier.
-    pub async fn revoke_key(&self, id: i64, at: DateTime<Utc>, events: &[AuditEvent]) -> Result<()> {
+    async fn revoke_key(&self, id: KeyId, at: DateTime<Utc>, events: &[AuditEvent]) -> Result<()> {
         let txn = self.begin().await?;
         api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(at)))
-            .filter(api_keys::Column::Id.eq(id))
+            .filter(api_keys::Column::Id.eq(id.get()))
             .filter(
                 sea_orm::Condition::any()
                     .add(api_keys::Column::RevokedAt.is_null())
@@ -183,18 +165,18 @@ impl Store {
     /// Inserts the replacement of key `old_id` and makes the old key stop at
     /// `old_stops_at`, in one transaction; only if the old key is still
     /// unrevoked at `now` (a concurrent rotation or revocation wins).
-    pub async fn rotate_key(
+    async fn rotate_key(
         &self,
-        old_id: i64,
+        old_id: KeyId,
         old_stops_at: DateTime<Utc>,
         now: DateTime<Utc>,
         new: NewKey,
-        audit: impl FnOnce(&ApiKey) -> Vec<AuditEvent>,
+        audit: AuditFor<'_, ApiKey>,
     ) -> Result<Option<(ApiKey, ApiKey)>> {
         let txn = self.begin().await?;
         let retired = api_keys::Entity::update_many()
             .col_expr(api_keys::Column::RevokedAt, Expr::value(Some(old_stops_at)))
-            .filter(api_keys::Column::Id.eq(old_id))
+            .filter(api_keys::Column::Id.eq(old_id.get()))
             .filter(
                 sea_orm::Condition::any()
                     .add(api_keys::Column::RevokedAt.is_null())
@@ -208,7 +190,7 @@ impl Store {
         }
         let created: ApiKey =
             active_model(new).insert(&txn).await.map_err(conflict_or_unavailable("api key"))?.try_into()?;
-        let old: ApiKey = api_keys::Entity::find_by_id(old_id)
+        let old: ApiKey = api_keys::Entity::find_by_id(old_id.get())
             .one(&txn)
             .await
             .map_err(unavailable)?
@@ -220,11 +202,11 @@ impl Store {
     }
 
     /// Records last-used times (coarse; written in batches off the hot path).
-    pub async fn touch_keys(&self, used: &[(i64, DateTime<Utc>)]) -> Result<()> {
+    async fn touch_keys(&self, used: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
         for (id, at) in used {
             api_keys::Entity::update_many()
                 .col_expr(api_keys::Column::LastUsedAt, Expr::value(Some(*at)))
-                .filter(api_keys::Column::Id.eq(*id))
+                .filter(api_keys::Column::Id.eq(id.get()))
                 .filter(
                     sea_orm::Condition::any()
                         .add(api_keys::Column::LastUsedAt.is_null())

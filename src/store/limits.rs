@@ -1,31 +1,30 @@
 //! Shared abuse-protection state: fixed-window rate-limit counters and
-//! per-account lockout. Every update is one atomic statement, so limits
-//! hold across concurrent requests, restarts and replicas.
+//! per-account attempt counters and locks. Every update is one atomic
+//! statement or transaction, so the limits the rules set hold across
+//! concurrent requests, restarts and replicas. The limits themselves (how
+//! many attempts, how long a lock) come from the rules.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Statement,
     sea_query::{Expr, ExprTrait as _},
 };
 
-use super::{Store, audit, entity::users, unavailable};
-use crate::domain::{AuditEvent, Error, Result};
+use super::{SqlStore, audit, entity::users, unavailable};
+use crate::domain::{
+    error::{Error, Result},
+    ids::UserId,
+    ports::DecideLock,
+    ports::LimitStore,
+    records::{AttemptCounters, AuditEvent},
+};
 
-/// When and for how long accounts lock.
-#[derive(Clone, Copy, Debug)]
-pub struct LockPolicy {
-    /// Failed attempts that lock the account.
-    pub threshold: i32,
-    /// The first lock's length; each further lock doubles it.
-    pub base: chrono::Duration,
-    /// The longest lock.
-    pub max: chrono::Duration,
-}
-
-impl Store {
+#[async_trait]
+impl LimitStore for SqlStore {
     /// Counts one hit on `key` in the window starting at `window_start`
     /// (seconds) and returns the hits in that window, this one included.
-    pub async fn hit_rate_limit(&self, key: &str, window_start: i64) -> Result<i64> {
+    async fn hit_rate_limit(&self, key: &str, window_start: i64) -> Result<i64> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => {
@@ -53,7 +52,7 @@ impl Store {
 
     /// The hits on `key` in the window starting at `window_start`, without
     /// counting one.
-    pub async fn rate_limit_hits(&self, key: &str, window_start: i64) -> Result<i64> {
+    async fn rate_limit_hits(&self, key: &str, window_start: i64) -> Result<i64> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => {
@@ -73,7 +72,7 @@ impl Store {
     }
 
     /// Forgets the counter `key` (a success clears the failures it counted).
-    pub async fn clear_rate_limit(&self, key: &str) -> Result<()> {
+    async fn clear_rate_limit(&self, key: &str) -> Result<()> {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             sea_orm::DatabaseBackend::Postgres => "DELETE FROM rate_limits WHERE key = $1",
@@ -86,19 +85,13 @@ impl Store {
         Ok(())
     }
 
-    /// Reserves one attempt against account `user_id`: counts it before the
-    /// password or code is checked, so parallel guesses cannot exceed the
-    /// threshold. `false` when the account is locked or out of attempts.
-    pub async fn reserve_attempt(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-        policy: LockPolicy,
-    ) -> Result<bool> {
+    /// One conditional increment: parallel reservations cannot pass
+    /// `max_attempts`.
+    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool> {
         let result = users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
-            .filter(users::Column::Id.eq(user_id))
-            .filter(users::Column::FailedAttempts.lt(policy.threshold))
+            .filter(users::Column::Id.eq(user_id.get()))
+            .filter(users::Column::FailedAttempts.lt(max_attempts))
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::LockedUntil.is_null())
@@ -110,54 +103,49 @@ impl Store {
         Ok(result.rows_affected == 1)
     }
 
-    /// Records a failed (reserved) attempt with its audit rows; when the
-    /// account has used up its attempts, locks it (for longer each time)
-    /// and adds `lock_event`. Returns the end of the new lock, if any.
-    pub async fn record_failure(
+    /// Read, decision, compare-and-set and audit rows in one transaction
+    /// (`BEGIN IMMEDIATE` on SQLite).
+    async fn record_failure(
         &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-        policy: LockPolicy,
+        user_id: UserId,
         events: &[AuditEvent],
-        lock_event: AuditEvent,
+        decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>> {
         let txn = self.begin().await?;
-        let Some(user) = users::Entity::find_by_id(user_id).one(&txn).await.map_err(unavailable)? else {
+        let Some(user) = users::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?
+        else {
             return Ok(None);
         };
+        let read = AttemptCounters { failed_attempts: user.failed_attempts, lockouts: user.lockouts };
         let mut locked = None;
-        if user.failed_attempts >= policy.threshold {
-            let factor = 2i32.saturating_pow(u32::try_from(user.lockouts.clamp(0, 20)).unwrap_or(20));
-            let length = policy.base.checked_mul(factor).unwrap_or(policy.max).min(policy.max);
-            let until = now + length;
+        if let Some(lock) = decide(read) {
             let applied = users::Entity::update_many()
-                .col_expr(users::Column::LockedUntil, Expr::value(Some(until)))
+                .col_expr(users::Column::LockedUntil, Expr::value(Some(lock.until)))
                 .col_expr(users::Column::Lockouts, Expr::col(users::Column::Lockouts).add(1))
                 .col_expr(users::Column::FailedAttempts, Expr::value(0))
-                .filter(users::Column::Id.eq(user_id))
-                .filter(users::Column::FailedAttempts.gte(policy.threshold))
-                .filter(users::Column::Lockouts.eq(user.lockouts))
+                .filter(users::Column::Id.eq(user_id.get()))
+                .filter(users::Column::FailedAttempts.eq(read.failed_attempts))
+                .filter(users::Column::Lockouts.eq(read.lockouts))
                 .exec(&txn)
                 .await
                 .map_err(unavailable)?;
             if applied.rows_affected == 1 {
-                locked = Some(until);
+                locked = Some(lock);
             }
         }
         audit::write(&txn, events).await?;
-        if let Some(until) = locked {
-            audit::write(&txn, &[lock_event.detail(format!("locked until {}", until.to_rfc3339()))]).await?;
+        if let Some(lock) = &locked {
+            audit::write(&txn, std::slice::from_ref(&lock.event)).await?;
         }
         txn.commit().await.map_err(unavailable)?;
-        Ok(locked)
+        Ok(locked.map(|lock| lock.until))
     }
 
-    /// Clears the failed-attempt count and lock history after a success.
-    pub async fn reset_failures(&self, user_id: i64) -> Result<()> {
+    async fn reset_failures(&self, user_id: UserId) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::value(0))
             .col_expr(users::Column::Lockouts, Expr::value(0))
-            .filter(users::Column::Id.eq(user_id))
+            .filter(users::Column::Id.eq(user_id.get()))
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::FailedAttempts.gt(0))

@@ -1,7 +1,9 @@
-//! Queries for second factors. Every "use once" rule is a compare-and-set
-//! in the database (an UPDATE whose WHERE clause holds the condition), so it
-//! holds under concurrency, across replicas and after a restart.
+//! Queries for second factors. Every "use once" and every attempt limit the
+//! rules ask for is applied as a compare-and-set in the database (an UPDATE
+//! whose WHERE clause holds the condition), so it holds under concurrency,
+//! across replicas and after a restart.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait,
@@ -11,68 +13,35 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit,
+    SqlStore, audit,
     entity::{mfa_codes, recovery_codes, sessions, totp_secrets, users},
     sessions::revoke_user_sessions_in,
     unavailable,
 };
-use crate::domain::{AuditEvent, Result, SessionState};
+use crate::domain::{
+    error::Result,
+    ids::{SessionId, UserId},
+    ports::MfaStore,
+    records::{AuditEvent, CodePurpose, EmailCode, RevokeSessions, SessionState, StoredTotp},
+};
 
-/// Most code attempts, per pending login and per emailed code.
-pub const MAX_CODE_ATTEMPTS: i32 = 5;
-
-/// A stored TOTP secret.
-#[derive(Debug)]
-pub struct TotpRow {
-    /// The sealed secret.
-    pub sealed: Vec<u8>,
-    /// Whether enrolment was confirmed.
-    pub confirmed: bool,
-}
-
-/// The newest unused emailed code of a kind.
-#[derive(Debug)]
-pub struct CodeRow {
-    /// Identifier.
-    pub id: i64,
-    /// HMAC digest of the code.
-    pub digest: Vec<u8>,
-}
-
-/// What an emailed code is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodePurpose {
-    /// Completing a pending login (bound to its session).
-    Login,
-    /// Proving the account's address (enrolment, disabling MFA).
-    Account,
-}
-
-impl CodePurpose {
-    fn as_str(self) -> &'static str {
-        match self {
-            CodePurpose::Login => "login",
-            CodePurpose::Account => "account",
-        }
-    }
-}
-
-impl Store {
+#[async_trait]
+impl MfaStore for SqlStore {
     /// Stores a new, unconfirmed TOTP secret, replacing an unconfirmed one.
     /// Returns `false` when TOTP is already confirmed.
-    pub async fn begin_totp(&self, user_id: i64, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
+    async fn begin_totp(&self, user_id: UserId, sealed: Vec<u8>, now: DateTime<Utc>) -> Result<bool> {
         let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(false))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
-        if totp_secrets::Entity::find_by_id(user_id).one(&txn).await.map_err(unavailable)?.is_some() {
+        if totp_secrets::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?.is_some() {
             return Ok(false);
         }
         totp_secrets::ActiveModel {
-            user_id: Set(user_id),
+            user_id: Set(user_id.get()),
             secret_sealed: Set(sealed),
             confirmed: Set(false),
             last_step: Set(None),
@@ -86,20 +55,20 @@ impl Store {
     }
 
     /// The user's TOTP secret, if any.
-    pub async fn totp(&self, user_id: i64) -> Result<Option<TotpRow>> {
-        Ok(totp_secrets::Entity::find_by_id(user_id)
+    async fn totp(&self, user_id: UserId) -> Result<Option<StoredTotp>> {
+        Ok(totp_secrets::Entity::find_by_id(user_id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
-            .map(|row| TotpRow { sealed: row.secret_sealed, confirmed: row.confirmed }))
+            .map(|row| StoredTotp { sealed: row.secret_sealed, confirmed: row.confirmed }))
     }
 
     /// Accepts TOTP time step `step` once: only if it is later than the last
     /// accepted step (compare-and-set).
-    pub async fn accept_totp_step(&self, user_id: i64, step: i64) -> Result<bool> {
+    async fn accept_totp_step(&self, user_id: UserId, step: i64) -> Result<bool> {
         let result = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(true))
             .filter(
                 Condition::any()
@@ -113,14 +82,14 @@ impl Store {
     }
 
     /// Confirms TOTP at `step`, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, in one transaction. Returns
+    /// ends the sessions `revoke` names, in one transaction. Returns
     /// `false` when there was no unconfirmed enrolment.
-    pub async fn confirm_totp(
+    async fn confirm_totp(
         &self,
-        user_id: i64,
+        user_id: UserId,
         step: i64,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<i64>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool> {
@@ -128,7 +97,7 @@ impl Store {
         let confirmed = totp_secrets::Entity::update_many()
             .col_expr(totp_secrets::Column::Confirmed, Expr::value(true))
             .col_expr(totp_secrets::Column::LastStep, Expr::value(Some(step)))
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .filter(totp_secrets::Column::Confirmed.eq(false))
             .exec(&txn)
             .await
@@ -140,19 +109,19 @@ impl Store {
         if let Some(recovery) = recovery {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
-        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(true)
     }
 
     /// Turns the email method on, stores `recovery` digests when given, and
-    /// revokes the user's sessions but `keep`, in one transaction.
-    pub async fn enable_email_mfa(
+    /// ends the sessions `revoke` names, in one transaction.
+    async fn enable_email_mfa(
         &self,
-        user_id: i64,
+        user_id: UserId,
         recovery: Option<&[[u8; 32]]>,
-        keep: Option<i64>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<()> {
@@ -161,49 +130,49 @@ impl Store {
         if let Some(recovery) = recovery {
             replace_recovery_in(&txn, user_id, recovery).await?;
         }
-        revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)
     }
 
-    /// Turns every second factor off, deletes secrets and codes, and revokes
-    /// the user's sessions but `keep`, in one transaction. Returns how many
-    /// sessions were revoked.
-    pub async fn disable_mfa(
+    /// Turns every second factor off, deletes secrets and codes, and ends the
+    /// sessions `revoke` names, in one transaction. Returns how many sessions
+    /// were revoked.
+    async fn disable_mfa(
         &self,
-        user_id: i64,
-        keep: Option<i64>,
+        user_id: UserId,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64> {
         let txn = self.begin().await?;
         totp_secrets::Entity::delete_many()
-            .filter(totp_secrets::Column::UserId.eq(user_id))
+            .filter(totp_secrets::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         recovery_codes::Entity::delete_many()
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         mfa_codes::Entity::delete_many()
-            .filter(mfa_codes::Column::UserId.eq(user_id))
+            .filter(mfa_codes::Column::UserId.eq(user_id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         set_flag(&txn, user_id, users::Column::MfaTotp, false, now).await?;
         set_flag(&txn, user_id, users::Column::MfaEmail, false, now).await?;
-        let revoked = revoke_user_sessions_in(&txn, user_id, keep, "mfa_changed", now).await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(revoked)
     }
 
     /// Replaces the user's recovery codes with `digests`.
-    pub async fn replace_recovery_codes(
+    async fn replace_recovery_codes(
         &self,
-        user_id: i64,
+        user_id: UserId,
         digests: &[[u8; 32]],
         events: &[AuditEvent],
     ) -> Result<()> {
@@ -214,15 +183,15 @@ impl Store {
     }
 
     /// Uses a recovery code once (compare-and-set).
-    pub async fn use_recovery_code(
+    async fn use_recovery_code(
         &self,
-        user_id: i64,
+        user_id: UserId,
         digest: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let result = recovery_codes::Entity::update_many()
             .col_expr(recovery_codes::Column::UsedAt, Expr::value(Some(now)))
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .filter(recovery_codes::Column::CodeHash.eq(digest.to_vec()))
             .filter(recovery_codes::Column::UsedAt.is_null())
             .exec(&self.db)
@@ -232,9 +201,9 @@ impl Store {
     }
 
     /// How many unused recovery codes the user has.
-    pub async fn unused_recovery_codes(&self, user_id: i64) -> Result<u64> {
+    async fn unused_recovery_codes(&self, user_id: UserId) -> Result<u64> {
         recovery_codes::Entity::find()
-            .filter(recovery_codes::Column::UserId.eq(user_id))
+            .filter(recovery_codes::Column::UserId.eq(user_id.get()))
             .filter(recovery_codes::Column::UsedAt.is_null())
             .count(&self.db)
             .await
@@ -243,10 +212,10 @@ impl Store {
 
     /// Stores an emailed code, replacing unused older ones of the same
     /// purpose (and pending login).
-    pub async fn insert_code(
+    async fn insert_code(
         &self,
-        user_id: i64,
-        session_id: Option<i64>,
+        user_id: UserId,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         digest: [u8; 32],
         now: DateTime<Utc>,
@@ -259,8 +228,8 @@ impl Store {
             .await
             .map_err(unavailable)?;
         mfa_codes::ActiveModel {
-            user_id: Set(user_id),
-            session_id: Set(session_id),
+            user_id: Set(user_id.get()),
+            session_id: Set(session_id.map(SessionId::get)),
             purpose: Set(purpose.as_str().to_owned()),
             code_hash: Set(digest.to_vec()),
             attempts: Set(0),
@@ -278,13 +247,14 @@ impl Store {
     /// Reserves one attempt on the newest usable code of this purpose (and
     /// pending login): unused, unexpired, under the attempt limit. `None`
     /// when there is no such code.
-    pub async fn reserve_code_attempt(
+    async fn reserve_code_attempt(
         &self,
-        user_id: i64,
-        session_id: Option<i64>,
+        user_id: UserId,
+        session_id: Option<SessionId>,
         purpose: CodePurpose,
         now: DateTime<Utc>,
-    ) -> Result<Option<CodeRow>> {
+        max_attempts: i32,
+    ) -> Result<Option<EmailCode>> {
         let Some(code) = mfa_codes::Entity::find()
             .filter(code_scope(user_id, session_id, purpose))
             .order_by_desc(mfa_codes::Column::Id)
@@ -299,15 +269,15 @@ impl Store {
             .filter(mfa_codes::Column::Id.eq(code.id))
             .filter(mfa_codes::Column::UsedAt.is_null())
             .filter(mfa_codes::Column::ExpiresAt.gt(now))
-            .filter(mfa_codes::Column::Attempts.lt(MAX_CODE_ATTEMPTS))
+            .filter(mfa_codes::Column::Attempts.lt(max_attempts))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
-        Ok((reserved.rows_affected == 1).then_some(CodeRow { id: code.id, digest: code.code_hash }))
+        Ok((reserved.rows_affected == 1).then_some(EmailCode { id: code.id, digest: code.code_hash }))
     }
 
     /// Uses an emailed code once (compare-and-set).
-    pub async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
+    async fn consume_code(&self, id: i64, now: DateTime<Utc>) -> Result<bool> {
         let result = mfa_codes::Entity::update_many()
             .col_expr(mfa_codes::Column::UsedAt, Expr::value(Some(now)))
             .filter(mfa_codes::Column::Id.eq(id))
@@ -320,12 +290,12 @@ impl Store {
 
     /// Reserves one code attempt on a pending login; `false` once it has
     /// had its five.
-    pub async fn reserve_mfa_attempt(&self, session_id: i64) -> Result<bool> {
+    async fn reserve_mfa_attempt(&self, session_id: SessionId, max_attempts: i32) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::MfaAttempts, Expr::col(sessions::Column::MfaAttempts).add(1))
-            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::Id.eq(session_id.get()))
             .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
-            .filter(sessions::Column::MfaAttempts.lt(MAX_CODE_ATTEMPTS))
+            .filter(sessions::Column::MfaAttempts.lt(max_attempts))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
@@ -334,12 +304,12 @@ impl Store {
 
     /// Ends a pending login that was completed; `false` when another request
     /// completed it first.
-    pub async fn complete_pending(&self, session_id: i64, now: DateTime<Utc>) -> Result<bool> {
+    async fn complete_pending(&self, session_id: SessionId, now: DateTime<Utc>) -> Result<bool> {
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::State, Expr::value(SessionState::Revoked.as_str()))
             .col_expr(sessions::Column::RevokedAt, Expr::value(Some(now)))
             .col_expr(sessions::Column::RevokeReason, Expr::value(Some("mfa_completed")))
-            .filter(sessions::Column::Id.eq(session_id))
+            .filter(sessions::Column::Id.eq(session_id.get()))
             .filter(sessions::Column::State.eq(SessionState::PendingMfa.as_str()))
             .exec(&self.db)
             .await
@@ -348,13 +318,13 @@ impl Store {
     }
 }
 
-fn code_scope(user_id: i64, session_id: Option<i64>, purpose: CodePurpose) -> Condition {
+fn code_scope(user_id: UserId, session_id: Option<SessionId>, purpose: CodePurpose) -> Condition {
     let session = match session_id {
-        Some(id) => mfa_codes::Column::SessionId.eq(id),
+        Some(id) => mfa_codes::Column::SessionId.eq(id.get()),
         None => mfa_codes::Column::SessionId.is_null(),
     };
     Condition::all()
-        .add(mfa_codes::Column::UserId.eq(user_id))
+        .add(mfa_codes::Column::UserId.eq(user_id.get()))
         .add(mfa_codes::Column::Purpose.eq(purpose.as_str()))
         .add(session)
         .add(mfa_codes::Column::UsedAt.is_null())
@@ -362,7 +332,7 @@ fn code_scope(user_id: i64, session_id: Option<i64>, purpose: CodePurpose) -> Co
 
 async fn set_flag<C: ConnectionTrait>(
     conn: &C,
-    user_id: i64,
+    user_id: UserId,
     column: users::Column,
     value: bool,
     now: DateTime<Utc>,
@@ -370,21 +340,25 @@ async fn set_flag<C: ConnectionTrait>(
     users::Entity::update_many()
         .col_expr(column, Expr::value(value))
         .col_expr(users::Column::UpdatedAt, Expr::value(now))
-        .filter(users::Column::Id.eq(user_id))
+        .filter(users::Column::Id.eq(user_id.get()))
         .exec(conn)
         .await
         .map_err(unavailable)?;
     Ok(())
 }
 
-async fn replace_recovery_in<C: ConnectionTrait>(conn: &C, user_id: i64, digests: &[[u8; 32]]) -> Result<()> {
+async fn replace_recovery_in<C: ConnectionTrait>(
+    conn: &C,
+    user_id: UserId,
+    digests: &[[u8; 32]],
+) -> Result<()> {
     recovery_codes::Entity::delete_many()
-        .filter(recovery_codes::Column::UserId.eq(user_id))
+        .filter(recovery_codes::Column::UserId.eq(user_id.get()))
         .exec(conn)
         .await
         .map_err(unavailable)?;
     let rows = digests.iter().map(|digest| recovery_codes::ActiveModel {
-        user_id: Set(user_id),
+        user_id: Set(user_id.get()),
         code_hash: Set(digest.to_vec()),
         used_at: Set(None),
         ..Default::default()

@@ -1,8 +1,15 @@
-//! Persistence: sea-orm entities and the queries the rules need, on SQLite or
-//! PostgreSQL. Returns the plain records of `domain`; no sea-orm type leaves
-//! this module. Every database failure becomes `domain::Error::Unavailable`
-//! (or `AlreadyExists` for a unique-key clash), so a fault is never read as
-//! "valid".
+//! Persistence: [`SqlStore`] implements the domain's seam
+//! (`domain::ports::Store`) with sea-orm entities and queries, on SQLite or
+//! PostgreSQL. It takes and returns the records of `domain::records`; no
+//! sea-orm type leaves this module. Every database failure becomes
+//! `Error::Unavailable` (or `AlreadyExists` for a unique-key clash), so a
+//! fault is never read as "valid".
+//!
+//! Knows nothing of policy: the rules decide (how long a lock lasts, how
+//! many attempts a code gets, which sessions a change revokes) and the store
+//! applies what it is told, atomically. From `domain` it imports only the
+//! seam (`ports`), the records (`records`), the ids (`ids`) and the errors
+//! (`error`).
 
 mod audit;
 mod entity;
@@ -14,30 +21,28 @@ mod users;
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
 
-use crate::domain::Error;
-
-pub use keys::NewKey;
-pub use limits::LockPolicy;
-pub use mfa::{CodePurpose, MAX_CODE_ATTEMPTS};
-pub use sessions::{NewSession, Rotation, SessionMatch};
-pub use users::NewUser;
+use crate::domain::{
+    error::{Error, Result},
+    ports::{RevocationListener, Store},
+};
 
 /// The database, behind the queries portcullis needs.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub struct SqlStore {
     db: DatabaseConnection,
 }
 
-impl Store {
+impl SqlStore {
     /// Connects to `url` (SQLite or PostgreSQL) with a pool of at most
     /// `max_connections`.
     ///
     /// # Errors
     /// The database cannot be reached or the URL is not understood.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+    pub async fn connect(url: &str, max_connections: u32) -> std::result::Result<Self, DbErr> {
         let mut options = ConnectOptions::new(url.to_owned());
         options
             .max_connections(max_connections)
@@ -57,22 +62,14 @@ impl Store {
     ///
     /// # Errors
     /// A migration failed; nothing of it was applied on PostgreSQL.
-    pub async fn migrate(&self) -> Result<(), DbErr> {
+    pub async fn migrate(&self) -> std::result::Result<(), DbErr> {
         Migrator::up(&self.db, None).await
-    }
-
-    /// Checks that the database answers.
-    ///
-    /// # Errors
-    /// `Unavailable` when it does not.
-    pub async fn ping(&self) -> Result<(), Error> {
-        self.db.ping().await.map_err(unavailable)
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so concurrent writers wait their turn (up to the
     /// busy timeout) instead of failing when one upgrades a read to a write.
-    pub(crate) async fn begin(&self) -> Result<sea_orm::DatabaseTransaction, Error> {
+    pub(crate) async fn begin(&self) -> Result<sea_orm::DatabaseTransaction> {
         use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait as _};
         self.db
             .begin_with_options(TransactionOptions {
@@ -107,14 +104,24 @@ impl Store {
         }
     }
 
-    /// True on PostgreSQL (where replicas share revocations by NOTIFY).
-    #[must_use]
-    pub fn is_postgres(&self) -> bool {
+    /// Closes the pool.
+    pub async fn close(self) {
+        let _ = self.db.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> Result<()> {
+        self.db.ping().await.map_err(unavailable)
+    }
+
+    /// True on PostgreSQL: replicas share revocations by `NOTIFY`.
+    fn is_shared(&self) -> bool {
         self.db.get_database_backend() == sea_orm::DbBackend::Postgres
     }
 
-    /// Tells every replica (PostgreSQL `NOTIFY`) to forget `what`.
-    pub async fn notify_revocation(&self, what: &str) -> Result<(), Error> {
+    async fn announce_revocation(&self, what: &str) -> Result<()> {
         let statement = sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
             "SELECT pg_notify($1, $2)",
@@ -124,32 +131,26 @@ impl Store {
         Ok(())
     }
 
-    /// A listener for revocation notifications (PostgreSQL only).
-    pub async fn revocation_listener(&self) -> Result<RevocationListener, Error> {
+    /// PostgreSQL only: `LISTEN` on a connection of its own.
+    async fn revocation_listener(&self) -> Result<Box<dyn RevocationListener>> {
         let pool = self.db.get_postgres_connection_pool();
         let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool)
             .await
             .map_err(|e| Error::Unavailable(Box::new(e)))?;
         listener.listen(REVOCATION_CHANNEL).await.map_err(|e| Error::Unavailable(Box::new(e)))?;
-        Ok(RevocationListener(listener))
-    }
-
-    /// Closes the pool.
-    pub async fn close(self) {
-        let _ = self.db.close().await;
+        Ok(Box::new(PgRevocations(listener)))
     }
 }
 
 /// The NOTIFY channel of revocations.
 const REVOCATION_CHANNEL: &str = "portcullis_revocations";
 
-/// Receives revocations other replicas announce.
-pub struct RevocationListener(sea_orm::sqlx::postgres::PgListener);
+/// Receives the revocations other replicas announce.
+struct PgRevocations(sea_orm::sqlx::postgres::PgListener);
 
-impl RevocationListener {
-    /// The next revocation's payload; `None` when the connection was lost
-    /// and re-established (notifications may have been missed).
-    pub async fn next(&mut self) -> Result<Option<String>, Error> {
+#[async_trait]
+impl RevocationListener for PgRevocations {
+    async fn next(&mut self) -> Result<Option<String>> {
         match self.0.try_recv().await {
             Ok(Some(notification)) => Ok(Some(notification.payload().to_owned())),
             Ok(None) => Ok(None),

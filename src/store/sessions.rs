@@ -1,5 +1,6 @@
 //! Queries on `sessions`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
@@ -7,65 +8,19 @@ use sea_orm::{
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable,
+    SqlStore, audit, conflict_or_unavailable,
     entity::{sessions, users},
     unavailable,
 };
 use crate::domain::{
-    AuditEvent, AuthMethod, ClientInfo, Error, Result, Session, SessionState, User, token::TokenHash,
+    error::{Error, Result},
+    ids::{SessionId, UserId},
+    ports::{AuditFor, SessionStore},
+    records::{
+        AuditEvent, AuthMethod, ClientInfo, NewSession, RevokeSessions, Rotation, Session, SessionMatch,
+        SessionState, TokenHash,
+    },
 };
-
-/// A session to insert.
-pub struct NewSession {
-    /// Owner.
-    pub user_id: i64,
-    /// Hash of its first token.
-    pub token_hash: TokenHash,
-    /// Initial state.
-    pub state: SessionState,
-    /// Lifetime of each refresh window.
-    pub lifetime: chrono::Duration,
-    /// Login time.
-    pub now: DateTime<Utc>,
-    /// Expiry of the first token.
-    pub expires_at: DateTime<Utc>,
-    /// Latest possible expiry.
-    pub absolute_expires_at: DateTime<Utc>,
-    /// Client.
-    pub client: ClientInfo,
-    /// How it was authenticated.
-    pub auth_methods: Vec<AuthMethod>,
-}
-
-/// A session found by one of its token hashes, with its user.
-#[derive(Debug)]
-pub struct SessionMatch {
-    /// The session.
-    pub session: Session,
-    /// Its user.
-    pub user: User,
-    /// True when the hash was the previous (refreshed-away) token's.
-    pub matched_previous: bool,
-    /// The hash of the session's current token.
-    pub current_hash: TokenHash,
-}
-
-/// A token rotation to apply if the session still has `expected` as its
-/// current token.
-pub struct Rotation {
-    /// The session.
-    pub session_id: i64,
-    /// The token hash the caller saw as current.
-    pub expected: TokenHash,
-    /// The new current token hash.
-    pub new_hash: TokenHash,
-    /// The hash that stays valid during the grace.
-    pub previous_hash: TokenHash,
-    /// End of that grace.
-    pub previous_valid_until: DateTime<Utc>,
-    /// The new token's expiry.
-    pub expires_at: DateTime<Utc>,
-}
 
 impl TryFrom<sessions::Model> for Session {
     type Error = Error;
@@ -92,8 +47,8 @@ impl TryFrom<sessions::Model> for Session {
             mfa_attempts: _,
         } = model;
         Ok(Session {
-            id,
-            user_id,
+            id: SessionId::new(id),
+            user_id: UserId::new(user_id),
             state: SessionState::from_stored(&state)?,
             lifetime: chrono::Duration::seconds(lifetime_secs),
             created_at,
@@ -107,16 +62,13 @@ impl TryFrom<sessions::Model> for Session {
     }
 }
 
-impl Store {
+#[async_trait]
+impl SessionStore for SqlStore {
     /// Inserts a session.
-    pub async fn insert_session(
-        &self,
-        new: NewSession,
-        audit: impl FnOnce(&Session) -> Vec<AuditEvent>,
-    ) -> Result<Session> {
+    async fn insert_session(&self, new: NewSession, audit: AuditFor<'_, Session>) -> Result<Session> {
         let txn = self.begin().await?;
         let session: Session = sessions::ActiveModel {
-            user_id: Set(new.user_id),
+            user_id: Set(new.user_id.get()),
             token_hash: Set(new.token_hash.0.to_vec()),
             previous_token_hash: Set(None),
             previous_valid_until: Set(None),
@@ -146,7 +98,7 @@ impl Store {
 
     /// The session whose current or previous token hash is `hash`, with its
     /// user. One indexed read.
-    pub async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>> {
+    async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>> {
         let bytes = hash.0.to_vec();
         let found = sessions::Entity::find()
             .filter(
@@ -179,7 +131,7 @@ impl Store {
 
     /// Applies a rotation if the session's current token is still the one
     /// expected (compare-and-set). Returns whether it was applied.
-    pub async fn rotate_session(&self, rotation: Rotation, events: &[AuditEvent]) -> Result<bool> {
+    async fn rotate_session(&self, rotation: Rotation, events: &[AuditEvent]) -> Result<bool> {
         let txn = self.begin().await?;
         let result = sessions::Entity::update_many()
             .col_expr(sessions::Column::TokenHash, Expr::value(rotation.new_hash.0.to_vec()))
@@ -189,7 +141,7 @@ impl Store {
             )
             .col_expr(sessions::Column::PreviousValidUntil, Expr::value(Some(rotation.previous_valid_until)))
             .col_expr(sessions::Column::ExpiresAt, Expr::value(rotation.expires_at))
-            .filter(sessions::Column::Id.eq(rotation.session_id))
+            .filter(sessions::Column::Id.eq(rotation.session_id.get()))
             .filter(sessions::Column::TokenHash.eq(rotation.expected.0.to_vec()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
             .exec(&txn)
@@ -204,8 +156,8 @@ impl Store {
     }
 
     /// The session with `id`.
-    pub async fn session(&self, id: i64) -> Result<Option<Session>> {
-        sessions::Entity::find_by_id(id)
+    async fn session(&self, id: SessionId) -> Result<Option<Session>> {
+        sessions::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -215,63 +167,62 @@ impl Store {
 
     /// Revokes session `id` (no-op when already revoked). Returns whether a
     /// row was changed.
-    pub async fn revoke_session(
+    async fn revoke_session(
         &self,
-        id: i64,
+        id: SessionId,
         reason: &str,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<bool> {
         let txn = self.begin().await?;
         let result =
-            revoke_where(&txn, Condition::all().add(sessions::Column::Id.eq(id)), reason, now).await?;
+            revoke_where(&txn, Condition::all().add(sessions::Column::Id.eq(id.get())), reason, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(result > 0)
     }
 
-    /// Revokes every live session of `user_id` except `keep`.
-    pub async fn revoke_user_sessions(
+    /// Revokes the sessions of `user_id` that `revoke` names.
+    async fn revoke_user_sessions(
         &self,
-        user_id: i64,
-        keep: Option<i64>,
-        reason: &str,
+        user_id: UserId,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<u64> {
         let txn = self.begin().await?;
-        let revoked = revoke_user_sessions_in(&txn, user_id, keep, reason, now).await?;
+        let revoked = revoke_user_sessions_in(&txn, user_id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(revoked)
     }
 
     /// Active, unexpired sessions of `user_id`, newest first, before `before`.
-    pub async fn list_active_sessions(
+    async fn list_active_sessions(
         &self,
-        user_id: i64,
+        user_id: UserId,
         now: DateTime<Utc>,
-        before: Option<i64>,
+        before: Option<SessionId>,
         limit: u64,
     ) -> Result<Vec<Session>> {
         let mut query = sessions::Entity::find()
-            .filter(sessions::Column::UserId.eq(user_id))
+            .filter(sessions::Column::UserId.eq(user_id.get()))
             .filter(sessions::Column::State.eq(SessionState::Active.as_str()))
             .filter(sessions::Column::ExpiresAt.gt(now))
             .order_by_desc(sessions::Column::Id)
             .limit(limit);
         if let Some(before) = before {
-            query = query.filter(sessions::Column::Id.lt(before));
+            query = query.filter(sessions::Column::Id.lt(before.get()));
         }
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(Session::try_from).collect()
     }
 
     /// Records last-seen times (coarse; written in batches off the hot path).
-    pub async fn touch_sessions(&self, seen: &[(i64, DateTime<Utc>)]) -> Result<()> {
+    async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()> {
         for (id, at) in seen {
             sessions::Entity::update_many()
                 .col_expr(sessions::Column::LastSeenAt, Expr::value(*at))
-                .filter(sessions::Column::Id.eq(*id))
+                .filter(sessions::Column::Id.eq(id.get()))
                 .filter(sessions::Column::LastSeenAt.lt(*at))
                 .exec(&self.db)
                 .await
@@ -281,18 +232,18 @@ impl Store {
     }
 }
 
-/// Revokes the live sessions of `user_id` except `keep`, on `conn` (which may
-/// be a transaction).
+/// Revokes the sessions of `user_id` that `revoke` names, on `conn` (which
+/// may be a transaction).
 pub(crate) async fn revoke_user_sessions_in<C: ConnectionTrait>(
     conn: &C,
-    user_id: i64,
-    keep: Option<i64>,
-    reason: &str,
+    user_id: UserId,
+    revoke: RevokeSessions,
     now: DateTime<Utc>,
 ) -> Result<u64> {
-    let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id));
+    let RevokeSessions { keep, reason } = revoke;
+    let mut condition = Condition::all().add(sessions::Column::UserId.eq(user_id.get()));
     if let Some(keep) = keep {
-        condition = condition.add(sessions::Column::Id.ne(keep));
+        condition = condition.add(sessions::Column::Id.ne(keep.get()));
     }
     revoke_where(conn, condition, reason, now).await
 }

@@ -1,30 +1,20 @@
 //! Queries on `users`.
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::{
-    Store, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
+    SqlStore, audit, conflict_or_unavailable, entity::users, sessions::revoke_user_sessions_in, unavailable,
 };
-use crate::domain::{AuditEvent, Email, Error, MfaState, Result, Role, User, UserKind, UserPatch};
-
-/// A user to insert.
-pub struct NewUser {
-    /// Normalised email.
-    pub email: Email,
-    /// argon2id PHC string; `None` for a service account.
-    pub password_hash: Option<String>,
-    /// Role.
-    pub role: Role,
-    /// Person or service account.
-    pub kind: UserKind,
-    /// Per-user session lifetime.
-    pub session_lifetime: Option<chrono::Duration>,
-    /// Creation time.
-    pub now: DateTime<Utc>,
-}
+use crate::domain::{
+    error::{Error, Result},
+    ids::UserId,
+    ports::{AuditFor, UserStore},
+    records::{AuditEvent, Email, MfaState, NewUser, RevokeSessions, Role, User, UserKind, UserPatch},
+};
 
 impl TryFrom<users::Model> for User {
     type Error = Error;
@@ -47,7 +37,7 @@ impl TryFrom<users::Model> for User {
             lockouts: _,
         } = model;
         Ok(User {
-            id,
+            id: UserId::new(id),
             email: Email::from_stored(email),
             role: Role::from_stored(&role)?,
             kind: UserKind::from_stored(&kind)?,
@@ -60,16 +50,13 @@ impl TryFrom<users::Model> for User {
     }
 }
 
-impl Store {
+#[async_trait]
+impl UserStore for SqlStore {
     /// Inserts a user.
     ///
     /// # Errors
     /// `AlreadyExists("user")` when the email is taken.
-    pub async fn insert_user(
-        &self,
-        new: NewUser,
-        audit: impl FnOnce(&User) -> Vec<AuditEvent>,
-    ) -> Result<User> {
+    async fn insert_user(&self, new: NewUser, audit: AuditFor<'_, User>) -> Result<User> {
         let txn = self.begin().await?;
         let model = users::ActiveModel {
             email: Set(new.email.as_str().to_owned()),
@@ -97,8 +84,8 @@ impl Store {
     }
 
     /// The user with `id`.
-    pub async fn user(&self, id: i64) -> Result<Option<User>> {
-        users::Entity::find_by_id(id)
+    async fn user(&self, id: UserId) -> Result<Option<User>> {
+        users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -107,7 +94,7 @@ impl Store {
     }
 
     /// The user with `email`, and its password hash.
-    pub async fn user_by_email(&self, email: &Email) -> Result<Option<(User, Option<String>)>> {
+    async fn user_by_email(&self, email: &Email) -> Result<Option<(User, Option<String>)>> {
         let Some(model) = users::Entity::find()
             .filter(users::Column::Email.eq(email.as_str()))
             .one(&self.db)
@@ -121,8 +108,8 @@ impl Store {
     }
 
     /// The password hash of user `id`.
-    pub async fn password_hash(&self, id: i64) -> Result<Option<String>> {
-        Ok(users::Entity::find_by_id(id)
+    async fn password_hash(&self, id: UserId) -> Result<Option<String>> {
+        Ok(users::Entity::find_by_id(id.get())
             .one(&self.db)
             .await
             .map_err(unavailable)?
@@ -130,25 +117,24 @@ impl Store {
     }
 
     /// Users by ascending id, after `after`.
-    pub async fn list_users(&self, after: Option<i64>, limit: u64) -> Result<Vec<User>> {
+    async fn list_users(&self, after: Option<UserId>, limit: u64) -> Result<Vec<User>> {
         let mut query = users::Entity::find().order_by_asc(users::Column::Id).limit(limit);
         if let Some(after) = after {
-            query = query.filter(users::Column::Id.gt(after));
+            query = query.filter(users::Column::Id.gt(after.get()));
         }
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(User::try_from).collect()
     }
 
-    /// Applies `patch` to user `id`; disabling also revokes its sessions, in
-    /// the same transaction.
-    pub async fn update_user(
+    async fn update_user(
         &self,
-        id: i64,
+        id: UserId,
         patch: &UserPatch,
+        revoke: Option<RevokeSessions>,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<User>> {
         let txn = self.begin().await?;
-        let Some(existing) = users::Entity::find_by_id(id).one(&txn).await.map_err(unavailable)? else {
+        let Some(existing) = users::Entity::find_by_id(id.get()).one(&txn).await.map_err(unavailable)? else {
             return Ok(None);
         };
         let mut model: users::ActiveModel = existing.into();
@@ -157,39 +143,36 @@ impl Store {
         }
         if let Some(disabled) = patch.disabled {
             model.disabled = Set(disabled);
-            if disabled {
-                revoke_user_sessions_in(&txn, id, None, "user_disabled", now).await?;
-            }
         }
         if let Some(lifetime) = patch.session_lifetime {
             model.session_lifetime_secs = Set(lifetime.map(|d| d.num_seconds()));
         }
         model.updated_at = Set(now);
         let updated = model.update(&txn).await.map_err(unavailable)?;
+        if let Some(revoke) = revoke {
+            revoke_user_sessions_in(&txn, id, revoke, now).await?;
+        }
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(updated.try_into()?))
     }
 
     /// Replaces a password hash with an upgraded one (same password).
-    pub async fn upgrade_password_hash(&self, id: i64, hash: String) -> Result<()> {
+    async fn upgrade_password_hash(&self, id: UserId, hash: String) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
-            .filter(users::Column::Id.eq(id))
+            .filter(users::Column::Id.eq(id.get()))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
-    /// Sets a new password hash and revokes the user's sessions except
-    /// `keep`, in one transaction. Returns how many were revoked, or `None`
-    /// when the user does not exist.
-    pub async fn set_password(
+    async fn set_password(
         &self,
-        id: i64,
+        id: UserId,
         hash: String,
-        keep: Option<i64>,
+        revoke: RevokeSessions,
         now: DateTime<Utc>,
         events: &[AuditEvent],
     ) -> Result<Option<u64>> {
@@ -197,14 +180,14 @@ impl Store {
         let updated = users::Entity::update_many()
             .col_expr(users::Column::PasswordHash, sea_orm::sea_query::Expr::value(hash))
             .col_expr(users::Column::UpdatedAt, sea_orm::sea_query::Expr::value(now))
-            .filter(users::Column::Id.eq(id))
+            .filter(users::Column::Id.eq(id.get()))
             .exec(&txn)
             .await
             .map_err(unavailable)?;
         if updated.rows_affected == 0 {
             return Ok(None);
         }
-        let revoked = revoke_user_sessions_in(&txn, id, keep, "password_changed", now).await?;
+        let revoked = revoke_user_sessions_in(&txn, id, revoke, now).await?;
         audit::write(&txn, events).await?;
         txn.commit().await.map_err(unavailable)?;
         Ok(Some(revoked))

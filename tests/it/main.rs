@@ -15,6 +15,7 @@ mod envoy;
 mod grpcurl;
 mod http;
 mod keys;
+mod layers;
 mod mfa;
 mod observability;
 mod operations;

@@ -11,7 +11,7 @@ use portcullis::{
 use prost_types::Timestamp;
 use tonic::Code;
 
-use crate::support::{ADMIN_PASSWORD, Backend, TestApp, USER_PASSWORD, assert_error, bearer, epoch};
+use crate::support::{ADMIN_PASSWORD, Backend, TestApp, TestDb, USER_PASSWORD, assert_error, bearer, epoch};
 
 crate::db_tests!(
     login_validate_refresh_logout_flow,
@@ -29,6 +29,7 @@ crate::db_tests!(
     role_change_reaches_cached_tokens,
     users_are_listed_in_pages,
     last_seen_is_recorded_off_the_hot_path,
+    the_last_seen_writer_writes_what_is_queued_when_stopped_or_dropped,
 );
 
 fn seconds(at: Option<&Timestamp>) -> i64 {
@@ -607,4 +608,85 @@ async fn last_seen_is_recorded_off_the_hot_path(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;
+}
+
+/// The validator spawns nothing: its last-seen writer runs where it is
+/// handed, and writes what was queued before it ends, whether asked to stop
+/// or left without a validator.
+async fn the_last_seen_writer_writes_what_is_queued_when_stopped_or_dropped(backend: Backend) {
+    use std::sync::Arc;
+
+    use portcullis::{
+        domain::{
+            AuthMethod, ClientInfo, Email, NewSession, NewUser, SessionState, UserKind, Validator,
+            ports::Store,
+            token::{TokenFormat, TokenKind},
+            validate::CacheConfig,
+        },
+        store::SqlStore,
+    };
+    use secrecy::ExposeSecret;
+
+    let db = TestDb::create(&backend).await;
+    let database = SqlStore::connect(&db.url, 2).await.unwrap();
+    database.migrate().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(database);
+    let user = store
+        .insert_user(
+            NewUser {
+                email: Email::parse("lee@example.com", "email").unwrap(),
+                password_hash: None,
+                role: Role::User,
+                kind: UserKind::Human,
+                session_lifetime: None,
+                now: epoch(),
+            },
+            &|_| Vec::new(),
+        )
+        .await
+        .unwrap();
+    let tokens = TokenFormat::new("pcs");
+    let (token, hash) = tokens.generate(TokenKind::Session).unwrap();
+    let session = store
+        .insert_session(
+            NewSession {
+                user_id: user.id,
+                token_hash: hash,
+                state: SessionState::Active,
+                lifetime: Duration::hours(1),
+                now: epoch(),
+                expires_at: epoch() + Duration::hours(1),
+                absolute_expires_at: epoch() + Duration::days(1),
+                client: ClientInfo::default(),
+                auth_methods: vec![AuthMethod::Password],
+            },
+            &|_| Vec::new(),
+        )
+        .await
+        .unwrap();
+    let cache = CacheConfig {
+        ttl: std::time::Duration::from_secs(10),
+        negative_ttl: std::time::Duration::from_secs(5),
+        capacity: 100,
+    };
+    let last_seen = || async { store.session(session.id).await.unwrap().unwrap().last_seen_at };
+
+    // Asked to stop before it ever ran: what was queued is still written.
+    let (validator, tasks) = Validator::new(Arc::clone(&store), tokens.clone(), cache);
+    let first = epoch() + Duration::minutes(5);
+    validator.validate(token.expose_secret(), &[], first).await.unwrap();
+    tasks.last_seen.run(std::future::ready(())).await;
+    assert_eq!(last_seen().await, first);
+
+    // Never asked to stop: it writes what was queued and ends with its
+    // validator.
+    let (validator, tasks) = Validator::new(Arc::clone(&store), tokens, cache);
+    let second = epoch() + Duration::minutes(10);
+    validator.validate(token.expose_secret(), &[], second).await.unwrap();
+    drop(validator);
+    tokio::time::timeout(std::time::Duration::from_secs(10), tasks.last_seen.run(std::future::pending()))
+        .await
+        .expect("the writer outlived its validator");
+    assert_eq!(last_seen().await, second);
+    db.drop_database().await;
 }

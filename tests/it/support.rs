@@ -369,6 +369,7 @@ impl TestApp {
             .await
             .unwrap()
             .id
+            .get()
     }
 
     /// Logs in over gRPC and returns the session.
