@@ -11,6 +11,7 @@ mod audit;
 mod authz;
 mod bad_input;
 mod captcha;
+mod chart;
 mod envoy;
 mod grpcurl;
 mod http;
