@@ -12,6 +12,7 @@ mod authz;
 mod bad_input;
 mod captcha;
 mod chart;
+mod chart_run;
 mod envoy;
 mod grpcurl;
 mod http;
