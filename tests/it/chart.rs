@@ -177,7 +177,7 @@ impl Manifests {
             .unwrap_or_default()
     }
 
-    /// A ConfigMap's file.
+    /// A `ConfigMap`'s file.
     pub fn config_file(&self, configmap: &str) -> String {
         self.get("ConfigMap", configmap)["data"]["portcullis.toml"].as_str().unwrap().to_owned()
     }
@@ -198,7 +198,7 @@ fn container_port(container: &Value, name: &str) -> u64 {
         .unwrap()
 }
 
-/// Non-root, read-only root file system, no capabilities, RuntimeDefault
+/// Non-root, read-only root file system, no capabilities, `RuntimeDefault`
 /// seccomp, no privilege escalation, no service links, no API token.
 #[track_caller]
 fn assert_locked_down(workload: &Value) {

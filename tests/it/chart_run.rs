@@ -3,7 +3,7 @@
 //! ENTRYPOINT, CMD, ENV and USER from the `Dockerfile`, the pod's
 //! `command`/`args`, its environment (Secret values resolved from the
 //! rendered Secret, the service-link variables Kubernetes injects for the
-//! namespace's Services added), its mounted ConfigMap — first the migration
+//! namespace's Services added), its mounted `ConfigMap` — first the migration
 //! Job, then three replicas on loopback ports against one PostgreSQL
 //! database, behind the real Envoy with `deploy/envoy-front.yaml`.
 //!
@@ -155,7 +155,7 @@ impl Container {
             match manifests.secret_data(secret).into_iter().find(|(k, _)| k == key) {
                 Some((_, value)) => env.push((name, value)),
                 None => {
-                    assert_eq!(reference["optional"], true, "{name}: key {key} missing from Secret {secret}")
+                    assert_eq!(reference["optional"], true, "{name}: key {key} missing from Secret {secret}");
                 }
             }
         }
@@ -442,15 +442,15 @@ fn envoy_front(replicas: &[Replica]) -> String {
     replace("port_value: 9901", "port_value: 0");
     replace("type: STRICT_DNS", "type: STATIC");
     let endpoint = "        - endpoint:\n            address:\n              socket_address: { address: portcullis-headless.auth.svc.cluster.local, port_value: 50051 }\n";
-    let endpoints: String = replicas
-        .iter()
-        .map(|r| {
-            format!(
-                "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
-                r.grpc.port()
-            )
-        })
-        .collect();
+    let mut endpoints = String::new();
+    for replica in replicas {
+        use std::fmt::Write as _;
+        let _ = write!(
+            endpoints,
+            "        - endpoint:\n            address:\n              socket_address: {{ address: 127.0.0.1, port_value: {} }}\n",
+            replica.grpc.port()
+        );
+    }
     replace(endpoint, &endpoints);
     config
 }
@@ -641,11 +641,10 @@ async fn chart_rolling_restart_loses_no_validation() {
             .expect("NOT_SERVING within 1 s of SIGTERM");
         assert_eq!(next.unwrap().unwrap().status, ServingStatus::NotServing as i32);
         // Then the stream ends (cleanly or with a status), within the bound.
-        loop {
-            match tokio::time::timeout(limit, watch.message()).await.expect("the Watch stream ends") {
-                Ok(Some(update)) => assert_eq!(update.status, ServingStatus::NotServing as i32),
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(update)) =
+            tokio::time::timeout(limit, watch.message()).await.expect("the Watch stream ends")
+        {
+            assert_eq!(update.status, ServingStatus::NotServing as i32);
         }
         let (status, _) = replica
             .exit_within(limit.saturating_sub(terminated.elapsed()) + Duration::from_millis(500))
