@@ -408,9 +408,14 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
+        // Not settings: the config file's path, the test suite's database,
+        // the CLI's password, and the service links Kubernetes injects.
+        let links = service_links(std::env::vars_os());
+        let mut ignored = vec!["CONFIG", "TEST_DATABASE_URL", "USER_PASSWORD"];
+        ignored.extend(links.iter().map(String::as_str));
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]))
-            .merge(Env::prefixed("PORTCULLIS_").ignore(&["CONFIG", "TEST_DATABASE_URL", "USER_PASSWORD"]));
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&ignored));
         let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
         config.check()?;
         Ok(config)
@@ -682,6 +687,63 @@ impl Config {
     }
 }
 
+// === Kubernetes service links ===
+
+/// The prefix of the settings' environment variables.
+const ENV_PREFIX: &str = "PORTCULLIS_";
+
+/// The `PORTCULLIS_*` variables (prefix removed) that are Kubernetes service
+/// links rather than settings.
+///
+/// Kubernetes gives every pod variables for each Service of its namespace
+/// (unless `enableServiceLinks: false`); a Service named `portcullis` or
+/// `portcullis-…` therefore puts `PORTCULLIS_SERVICE_HOST`,
+/// `PORTCULLIS_PORT=tcp://…` and the like into our prefix. Each is skipped
+/// only when its name *and* its value have a service link's shape, so a
+/// mistyped setting still stops start-up, and `PORTCULLIS_SMTP_PORT=2525` is
+/// a setting while a Service `portcullis-smtp`'s `tcp://10.0.0.9:25` is not.
+fn service_links(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Vec<String> {
+    vars.filter_map(|(name, value)| {
+        let (name, value) = (name.into_string().ok()?, value.into_string().ok()?);
+        let rest = name.get(ENV_PREFIX.len()..)?;
+        let prefixed = name.get(..ENV_PREFIX.len())?.eq_ignore_ascii_case(ENV_PREFIX);
+        (prefixed && is_service_link(&rest.to_ascii_uppercase(), &value)).then(|| rest.to_owned())
+    })
+    .collect()
+}
+
+/// Whether `NAME=value` is one of the variables Kubernetes makes for a
+/// Service, where `NAME` has lost its first part (the Service's name up to
+/// the first `-`): `SERVICE_HOST=10.0.0.11`, `SERVICE_PORT=50051`,
+/// `SERVICE_PORT_GRPC=50051`, `PORT=tcp://10.0.0.11:50051`,
+/// `PORT_50051_TCP=tcp://…`, `PORT_50051_TCP_PROTO=tcp`,
+/// `PORT_50051_TCP_PORT=50051`, `PORT_50051_TCP_ADDR=10.0.0.11`, each
+/// possibly after the rest of the Service's name (`METRICS_SERVICE_HOST`).
+fn is_service_link(name: &str, value: &str) -> bool {
+    let parts: Vec<&str> = name.split('_').collect();
+    let ip = || value.parse::<std::net::IpAddr>().is_ok();
+    let port = |expected: Option<&str>| value.parse::<u16>().is_ok() && expected.is_none_or(|p| p == value);
+    let url = || {
+        value.split_once("://").is_some_and(|(proto, address)| {
+            ["tcp", "udp", "sctp"].contains(&proto) && address.parse::<SocketAddr>().is_ok()
+        })
+    };
+    let proto = |p: &str| ["TCP", "UDP", "SCTP"].contains(&p);
+    let number = |n: &str| n.parse::<u16>().is_ok();
+    let by_shape = match parts.as_slice() {
+        // Longest shapes first: `…_TCP_PORT` also ends in `PORT`.
+        [.., "PORT", n, p, "PROTO"] if number(n) && proto(p) => value.eq_ignore_ascii_case(p),
+        [.., "PORT", n, p, "PORT"] if number(n) && proto(p) => port(Some(n)),
+        [.., "PORT", n, p, "ADDR"] if number(n) && proto(p) => ip(),
+        [.., "PORT", n, p] if number(n) && proto(p) => url(),
+        [.., "SERVICE", "HOST"] => ip(),
+        [.., "PORT"] => url(),
+        _ => false,
+    };
+    // `SERVICE_PORT` and `SERVICE_PORT_<PORT NAME>` (the name may hold `_`).
+    by_shape || (parts.windows(2).any(|w| w == ["SERVICE", "PORT"]) && port(None))
+}
+
 impl ConfigError {
     /// A configuration error with the given message.
     pub fn from_message(message: impl Into<String>) -> Self {
@@ -757,6 +819,73 @@ mod tests {
             assert!(err.to_lowercase().contains("no_such_setting"), "{err}");
             Ok(())
         });
+    }
+
+    /// What Kubernetes injects for Services `portcullis` (ports `grpc`
+    /// 50051 and `metrics` 9090) and `portcullis-smtp` in the same namespace.
+    const SERVICE_LINKS: [(&str, &str); 16] = [
+        ("PORTCULLIS_SERVICE_HOST", "10.96.12.34"),
+        ("PORTCULLIS_SERVICE_PORT", "50051"),
+        ("PORTCULLIS_SERVICE_PORT_GRPC", "50051"),
+        ("PORTCULLIS_SERVICE_PORT_METRICS", "9090"),
+        ("PORTCULLIS_PORT", "tcp://10.96.12.34:50051"),
+        ("PORTCULLIS_PORT_50051_TCP", "tcp://10.96.12.34:50051"),
+        ("PORTCULLIS_PORT_50051_TCP_PROTO", "tcp"),
+        ("PORTCULLIS_PORT_50051_TCP_PORT", "50051"),
+        ("PORTCULLIS_PORT_50051_TCP_ADDR", "10.96.12.34"),
+        ("PORTCULLIS_PORT_9090_TCP", "tcp://10.96.12.34:9090"),
+        ("PORTCULLIS_PORT_9090_TCP_PROTO", "tcp"),
+        ("PORTCULLIS_PORT_9090_TCP_PORT", "9090"),
+        ("PORTCULLIS_PORT_9090_TCP_ADDR", "10.96.12.34"),
+        ("PORTCULLIS_SMTP_SERVICE_HOST", "fd00::25"),
+        ("PORTCULLIS_SMTP_PORT", "tcp://[fd00::25]:25"),
+        ("PORTCULLIS_SMTP_PORT_25_TCP_ADDR", "fd00::25"),
+    ];
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure returns figment::Error")]
+    fn kubernetes_service_links_are_not_settings() {
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in SERVICE_LINKS {
+                jail.set_env(name, value);
+            }
+            jail.set_env("PORTCULLIS_LISTEN_ADDR", "0.0.0.0:50051");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen_addr, SocketAddr::from(([0, 0, 0, 0], 50051)));
+            assert_eq!(config.smtp_port, 587, "portcullis-smtp's link is not smtp_port");
+
+            // A setting of a link's name but not its value shape is read.
+            jail.set_env("PORTCULLIS_SMTP_PORT", "2525");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.smtp_port, 2525);
+            // A mistyped setting is still refused, beside the links …
+            jail.set_env("PORTCULLIS_SERVICE_HOSTS", "10.96.12.34");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("service_hosts"), "{err}");
+            Ok(())
+        });
+        // … and so is an unknown setting in the file.
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in SERVICE_LINKS {
+                jail.set_env(name, value);
+            }
+            jail.create_file("portcullis.toml", "listen_addr = \"0.0.0.0:50051\"\nport = 50051\n")?;
+            let err = Config::load(Some(Path::new("portcullis.toml"))).unwrap_err().to_string();
+            assert!(err.contains("unknown field") && err.contains("port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn service_link_shapes_need_their_values() {
+        assert!(is_service_link("PORT", "tcp://10.0.0.1:50051"));
+        assert!(is_service_link("PORT", "udp://[::1]:53"));
+        assert!(!is_service_link("PORT", "50051"));
+        assert!(!is_service_link("SMTP_PORT", "2525"));
+        assert!(is_service_link("METRICS_SERVICE_PORT_HTTP_METRICS", "9090"));
+        assert!(!is_service_link("SERVICE_HOST", "not an address"));
+        assert!(!is_service_link("PORT_50051_TCP_PORT", "50052"));
+        assert!(!is_service_link("PORT_50051_TCP_PROTO", "udp"));
+        assert!(!is_service_link("LISTEN_ADDR", "0.0.0.0:50051"));
     }
 
     #[test]

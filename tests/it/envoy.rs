@@ -49,19 +49,27 @@ fn envoy_config(portcullis: SocketAddr, upstream: SocketAddr) -> String {
 }
 
 /// A running Envoy, killed on drop.
-struct Envoy {
+pub struct Envoy {
     /// Where the ingress listener listens.
-    addr: SocketAddr,
+    pub addr: SocketAddr,
+    /// Envoy's admin endpoint.
+    pub admin: SocketAddr,
     _child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Envoy {
     async fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Self {
+        Self::run(envoy_config(portcullis, upstream)).await
+    }
+
+    /// Runs Envoy with `config`, whose listener is named `ingress` and whose
+    /// ports may be 0; returns once it is LIVE and the listener has a port.
+    pub async fn run(config_text: String) -> Self {
         let binary = envoy_binary().await;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, envoy_config(portcullis, upstream)).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let admin_path = dir.path().join("admin-address");
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
         // Envoy's shared memory is named by its base id: one per test, so
@@ -106,7 +114,7 @@ impl Envoy {
             Some(SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).ok()?)))
         })
         .await;
-        Self { addr, _child: child, _dir: dir }
+        Self { addr, admin, _child: child, _dir: dir }
     }
 }
 

@@ -11,6 +11,8 @@ mod audit;
 mod authz;
 mod bad_input;
 mod captcha;
+mod chart;
+mod chart_run;
 mod envoy;
 mod grpcurl;
 mod http;
