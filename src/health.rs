@@ -1,7 +1,7 @@
 //! What `grpc.health.v1.Health` answers: SERVING while the database answers,
 //! NOT_SERVING while it does not, and NOT_SERVING from the moment the server
 //! starts to stop (so load balancers and Envoy stop sending before it
-//! closes).
+//! closes). The service `liveness` says SERVING as long as the process runs.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,7 +21,12 @@ const SERVICES: [&str; 6] = [
     "envoy.service.auth.v3.Authorization",
 ];
 
-/// Sets every service's status.
+/// The service that answers SERVING for as long as the process runs, for
+/// liveness probes: a database outage or a drain makes a replica unready,
+/// never restarted.
+pub const LIVENESS: &str = "liveness";
+
+/// Sets every service's status (all but [`LIVENESS`]).
 pub async fn set_all(health: &HealthReporter, status: ServingStatus) {
     for service in SERVICES {
         health.set_service_status(service, status).await;
@@ -35,6 +40,9 @@ pub async fn probe_once(
     health: &HealthReporter,
     last: Option<ServingStatus>,
 ) -> ServingStatus {
+    if last.is_none() {
+        health.set_service_status(LIVENESS, ServingStatus::Serving).await;
+    }
     let status = match domain.store().ping().await {
         Ok(()) => ServingStatus::Serving,
         Err(err) => {

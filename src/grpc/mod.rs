@@ -208,7 +208,15 @@ fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body
             Problem::invalid("message", format!("the request message does not decode ({})", status.message()))
         }
         Code::Unimplemented => Problem::new(errors::UNIMPLEMENTED, "no such method"),
-        _ => Problem::new(errors::INTERNAL, "internal error"),
+        // A service of the framework's own (health, reflection) answering
+        // in its own words: keep them, with the table's row for the code.
+        code => match errors::TABLE
+            .iter()
+            .find(|class| class.grpc == code && class.reason == errors::code_name(code))
+        {
+            Some(class) => Problem::new(*class, status.message()),
+            None => Problem::new(errors::INTERNAL, "internal error"),
+        },
     };
     problem.into_grpc_response()
 }

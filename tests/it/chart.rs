@@ -263,7 +263,13 @@ fn assert_common(manifests: &Manifests, tls: bool) {
             assert_eq!(probe_spec["tcpSocket"]["port"], "grpc", "{probe}: {probe_spec}");
         } else {
             assert_eq!(probe_spec["grpc"]["port"].as_u64(), Some(grpc_port), "{probe}: {probe_spec}");
-            assert!(probe_spec["grpc"].get("service").is_none(), "{probe}: the server's overall health");
+            if probe == "livenessProbe" {
+                // Alive while the process runs: an outage or a drain must
+                // not get the pod restarted.
+                assert_eq!(probe_spec["grpc"]["service"], "liveness", "{probe}: {probe_spec}");
+            } else {
+                assert!(probe_spec["grpc"].get("service").is_none(), "{probe}: the server's overall health");
+            }
         }
     }
     // The Service sends gRPC to the gRPC port and has the metrics port.

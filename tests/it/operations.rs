@@ -74,6 +74,8 @@ async fn database_outage_is_unavailable_never_valid() {
         assert!(tokio::time::Instant::now() < deadline, "health never reported NOT_SERVING");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Unready, but alive: a liveness probe must not restart the replica.
+    assert_eq!(health(&app, "liveness").await, ServingStatus::Serving as i32);
     app.stop().await;
 }
 

@@ -51,6 +51,14 @@ async fn a_stopping_server_says_not_serving_drains_then_closes() {
         ServingStatus::NotServing as i32,
         "the stream hears NOT_SERVING at once"
     );
+    // Alive all the while: a liveness probe must not kill a draining pod.
+    let liveness = HealthClient::new(channel(&app))
+        .check(HealthCheckRequest { service: "liveness".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(liveness, ServingStatus::Serving as i32);
     // During the drain a new connection is still served.
     app.validate(&token).await.expect("served during the drain");
     let mut fresh = pb::auth_service_client::AuthServiceClient::new(channel(&app));
