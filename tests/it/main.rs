@@ -14,6 +14,7 @@ mod captcha;
 mod envoy;
 mod grpcurl;
 mod http;
+mod http_api;
 mod keys;
 mod mfa;
 mod observability;
