@@ -389,6 +389,10 @@ async fn raw(app: &TestApp, raw: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// A bad body: what it is, its content type, the bytes, and the status,
+/// S4E code and field named in the answer.
+type BadBody = (&'static str, Option<&'static str>, Vec<u8>, u16, &'static str, Option<&'static str>);
+
 /// POSTs `body` on a fresh connection, reading the answer while the body
 /// is still being written (the server may answer, and close, first).
 async fn raw_post(app: &TestApp, path: &str, headers: &str, body: Vec<u8>) -> String {
@@ -437,8 +441,6 @@ async fn bad_input_gets_the_envelope_and_writes_nothing(backend: Backend) {
 
     let non_utf8 =
         b"{\"email\": \"admin@example.com\xff\xfe\", \"password\": \"admin password 123\"}".to_vec();
-    // (what, content type, body, status, S4E code, field named)
-    type BadBody = (&'static str, Option<&'static str>, Vec<u8>, u16, &'static str, Option<&'static str>);
     let bodies: Vec<BadBody> = vec![
         ("not JSON", Some("application/json"), b"email=admin@example.com".to_vec(), 400, "invalid_argument", Some("body")),
         ("form-encoded", Some("application/x-www-form-urlencoded"), b"email=a&password=b".to_vec(), 415, "unsupported_media_type", None),
