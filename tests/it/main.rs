@@ -15,6 +15,7 @@ mod envoy;
 mod grpcurl;
 mod http;
 mod http_api;
+mod http_browser;
 mod http_errors;
 mod keys;
 mod mfa;
