@@ -1,8 +1,8 @@
 //! A real browser against the HTTP API: headless Chromium, driven by
-//! chromedriver over WebDriver (plain HTTP from this test), loads small pages
+//! chromedriver over `WebDriver` (plain HTTP from this test), loads small pages
 //! the test serves from other loopback origins. A page of the allowed origin
 //! logs in through the S4E endpoint with `fetch(…, {credentials: "include"})`,
-//! gets the HttpOnly cookie (its script cannot read it), asks
+//! gets the `HttpOnly` cookie (its script cannot read it), asks
 //! `GET /api/user/auth/session` with it, logs out and is refused after. A
 //! page of an origin not in `allowed_origins` is refused: it cannot read any
 //! answer (CORS), and its cookie-only logout is refused by the server (CSRF).
@@ -211,7 +211,7 @@ impl Browser {
         Some(browser)
     }
 
-    /// One WebDriver command; its `value`.
+    /// One `WebDriver` command; its `value`.
     async fn command(&mut self, method: reqwest::Method, path: &str, body: &Value) -> Value {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if !body.is_null() {
