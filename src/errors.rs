@@ -77,6 +77,8 @@ classes! {
         "bad input (`google.rpc.BadRequest` names the field); a body that does not decode";
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE", ResourceExhausted, PAYLOAD_TOO_LARGE, "message_too_large",
         "a request message or body over `max_message_bytes`";
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE", InvalidArgument, UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+        "an HTTP request body not sent as `application/json` (form-encoded, another or no content type)";
     NOT_FOUND = "NOT_FOUND", NotFound, NOT_FOUND, "not_found",
         "no such user, session or key (or not yours); no such HTTP path";
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED", Unimplemented, METHOD_NOT_ALLOWED, "method_not_allowed",

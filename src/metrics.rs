@@ -30,7 +30,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::domain::password::Hasher;
+use crate::domain::{Error, LoginOutcome, password::Hasher};
 
 /// The `Content-Type` of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -227,6 +227,12 @@ impl Metrics {
         self.logins.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
+    /// Counts the result of one login (gRPC `Login`/`AdminLogin` and the
+    /// HTTP dialects alike), labelled by [`login_outcome`].
+    pub fn record_login_result(&self, result: &Result<LoginOutcome, Error>) {
+        self.record_login(login_outcome(result));
+    }
+
     /// Every metric as a scrape returns it (`OpenMetrics` text).
     ///
     /// # Errors
@@ -393,6 +399,20 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The metrics label of a login's result.
+#[must_use]
+pub fn login_outcome(result: &Result<LoginOutcome, Error>) -> &'static str {
+    match result {
+        Ok(LoginOutcome::Session(_)) => "success",
+        Ok(LoginOutcome::Mfa(_)) => "mfa_required",
+        Err(Error::Unauthenticated(failure)) => failure.label(),
+        Err(Error::RateLimited { .. }) => "rate_limited",
+        Err(Error::InvalidArgument { .. }) => "invalid_argument",
+        Err(Error::Forbidden { .. }) => "forbidden",
+        Err(_) => "error",
+    }
 }
 
 #[cfg(test)]

@@ -159,6 +159,13 @@ impl Domain {
         &self.hasher
     }
 
+    /// The rules' current time, for edges that state durations relative to
+    /// it (a session cookie's `Max-Age`).
+    #[must_use]
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
     /// The store, for health checks.
     #[must_use]
     pub fn store(&self) -> &dyn Store {

@@ -70,7 +70,7 @@ impl auth_service_server::AuthService for AuthService {
             captcha: captcha.map(convert::captcha_from).transpose().map_err(to_status)?,
         };
         let outcome = self.domain.login(&call.ctx, call.caller.as_ref(), input).await;
-        self.metrics.record_login(login_label(&outcome));
+        self.metrics.record_login_result(&outcome);
         let outcome = outcome.map_err(to_status)?;
         Ok(Response::new(pb::LoginResponse { result: Some(login_result(outcome)) }))
     }
@@ -96,7 +96,7 @@ impl auth_service_server::AuthService for AuthService {
             captcha: None,
         };
         let outcome = self.domain.admin_login(&ctx, &caller, input).await;
-        self.metrics.record_login(login_label(&outcome));
+        self.metrics.record_login_result(&outcome);
         let outcome = outcome.map_err(to_status)?;
         let result = match login_result(outcome) {
             pb::login_response::Result::Session(s) => pb::admin_login_response::Result::Session(s),
@@ -234,18 +234,5 @@ fn login_result(outcome: LoginOutcome) -> pb::login_response::Result {
     match outcome {
         LoginOutcome::Session(issued) => pb::login_response::Result::Session(issued.into()),
         LoginOutcome::Mfa(challenge) => pb::login_response::Result::Mfa(challenge.into()),
-    }
-}
-
-/// The metrics label of a login's result.
-fn login_label(outcome: &Result<LoginOutcome, Error>) -> &'static str {
-    match outcome {
-        Ok(LoginOutcome::Session(_)) => "success",
-        Ok(LoginOutcome::Mfa(_)) => "mfa_required",
-        Err(Error::Unauthenticated(failure)) => failure.label(),
-        Err(Error::RateLimited { .. }) => "rate_limited",
-        Err(Error::InvalidArgument { .. }) => "invalid_argument",
-        Err(Error::Forbidden { .. }) => "forbidden",
-        Err(_) => "error",
     }
 }

@@ -8,7 +8,15 @@
 //! ([`crate::errors`]) in the dialect's envelope. The request layers (ids,
 //! spans, metrics, timeout) are the gRPC ones: see [`crate::request`].
 
+// A `Problem` is the answer to a failed request, made once per failure and
+// turned into a response at once: boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod browser;
+pub mod caller;
 pub mod forward_auth;
+pub mod json;
+pub mod model;
 pub mod openapi;
 pub mod rehive;
 pub mod s4e;
@@ -75,10 +83,16 @@ impl Settings {
 
 /// The HTTP router: the dialects and forward auth the configuration turns
 /// on, the OpenAPI description, and the S4E envelope for unknown paths.
+///
+/// Around every route, innermost first: the body limit
+/// (`max_message_bytes`, enforced where a handler reads the body: 413); the
+/// S4E envelope for a method the path does not take (405, with `Allow`);
+/// CORS with credentials for `allowed_origins` ([`browser::cors`]), so its
+/// headers are on every answer, errors included.
 pub fn router(state: State, config: &Config) -> Router {
     let mut router = Router::new();
     if config.s4e_api {
-        router = router.merge(s4e::routes());
+        router = router.merge(s4e::routes(&state.settings));
     }
     if config.rehive_api {
         router = router.merge(rehive::routes());
@@ -87,9 +101,31 @@ pub fn router(state: State, config: &Config) -> Router {
         router = router.merge(forward_auth::routes(&state.settings));
     }
     router
-        .merge(openapi::routes())
+        .merge(openapi::routes(config))
         .fallback(|| async { Problem::new(errors::NOT_FOUND, "no such path").into_s4e_response() })
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_message_bytes))
+        .layer(tower::util::MapResponseLayer::new(method_not_allowed))
+        .layer(browser::cors(&state.settings))
         .with_state(state)
+}
+
+/// Gives axum's bare 405 (a method the path does not take) the S4E
+/// envelope. axum adds the `Allow` header itself as the answer leaves the
+/// router.
+fn method_not_allowed(response: Response) -> Response {
+    if response.status() != http::StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem = Problem::new(
+        errors::METHOD_NOT_ALLOWED,
+        "this path does not take this method; `Allow` lists those it does",
+    );
+    let body = problem.s4e_body().to_string();
+    parts.headers.extend(problem.http_headers());
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// `method_router` at `path`, its responses tagged with the route for the

@@ -49,19 +49,20 @@ const HCAPTCHA_SECRET: &str = "hcaptcha-secret-2";
 const TURNSTILE_SECRET: &str = "turnstile-secret-3";
 
 /// A vendor token; `+`, `&` and `=` must survive form encoding.
-const TOKEN: &str = "widget-token+&=0123456789";
+pub(crate) const TOKEN: &str = "widget-token+&=0123456789";
 
 /// A `siteverify` answer every vendor accepts (reCAPTCHA v3: good score,
 /// expected action).
-const ACCEPT: &str = r#"{"success": true, "score": 0.9, "action": "login", "hostname": "example.com"}"#;
+pub(crate) const ACCEPT: &str =
+    r#"{"success": true, "score": 0.9, "action": "login", "hostname": "example.com"}"#;
 /// A `siteverify` answer that rejects the response.
-const REJECT: &str = r#"{"success": false, "error-codes": ["invalid-input-response"]}"#;
+pub(crate) const REJECT: &str = r#"{"success": false, "error-codes": ["invalid-input-response"]}"#;
 
 // === a fake siteverify server on loopback ===
 
 /// How the fake vendor answers the next requests.
 #[derive(Clone)]
-enum Reply {
+pub(crate) enum Reply {
     /// HTTP/1.1 with this status and JSON body.
     Http(u16, String),
     /// These bytes, then close: not HTTP at all.
@@ -81,7 +82,7 @@ struct Seen {
 
 /// A real HTTP server on `127.0.0.1:0` that records every request and
 /// answers as told.
-struct FakeVendor {
+pub(crate) struct FakeVendor {
     addr: SocketAddr,
     reply: Arc<Mutex<Reply>>,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -89,7 +90,7 @@ struct FakeVendor {
 }
 
 impl FakeVendor {
-    async fn start(reply: Reply) -> Self {
+    pub(crate) async fn start(reply: Reply) -> Self {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(reply));
@@ -111,11 +112,11 @@ impl FakeVendor {
         format!("http://127.0.0.1:{}{path}", self.addr.port())
     }
 
-    fn answer(&self, reply: Reply) {
+    pub(crate) fn answer(&self, reply: Reply) {
         *self.reply.lock().unwrap() = reply;
     }
 
-    fn answer_json(&self, body: &str) {
+    pub(crate) fn answer_json(&self, body: &str) {
         self.answer(Reply::Http(200, body.to_owned()));
     }
 
@@ -123,7 +124,7 @@ impl FakeVendor {
         self.seen.lock().unwrap().clone()
     }
 
-    fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
 
@@ -206,7 +207,7 @@ async fn serve(mut stream: TcpStream, reply: Reply, seen: Arc<Mutex<Vec<Seen>>>)
 
 /// Points every vendor at `fake` (`/google`, `/hcaptcha`, `/turnstile`), each
 /// with its own secret, and sets the policy.
-fn use_fake(config: &mut Config, fake: &FakeVendor, policy: CaptchaPolicyName) {
+pub(crate) fn use_fake(config: &mut Config, fake: &FakeVendor, policy: CaptchaPolicyName) {
     config.captcha_policy = policy;
     config.captcha_googlev3_secret = GOOGLE_SECRET.into();
     config.captcha_googlev3_url = fake.url("/google/siteverify");

@@ -32,7 +32,7 @@ crate::db_tests!(
 
 const EMAIL: &str = "mona@example.com";
 
-fn with_smtp(sink: &SmtpSink) -> impl FnOnce(&mut Config) + '_ {
+pub(crate) fn with_smtp(sink: &SmtpSink) -> impl FnOnce(&mut Config) + '_ {
     move |c: &mut Config| {
         c.mail_transport = MailTransport::Smtp;
         c.smtp_host = "127.0.0.1".into();
@@ -43,7 +43,7 @@ fn with_smtp(sink: &SmtpSink) -> impl FnOnce(&mut Config) + '_ {
 }
 
 /// The TOTP code for `secret` (base32) at the app's current time.
-fn totp_code(app: &TestApp, secret: &str) -> String {
+pub(crate) fn totp_code(app: &TestApp, secret: &str) -> String {
     let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
     let generator = totp_rs::Builder::new().with_secret(bytes).build().unwrap();
     let now = u64::try_from(app.clock.now().timestamp()).unwrap();
@@ -334,7 +334,7 @@ async fn fifty_parallel_verifications_with_one_recovery_code_succeed_once(backen
     app.stop().await;
 }
 
-async fn enable_email(app: &TestApp, sink: &SmtpSink, email: &str) -> String {
+pub(crate) async fn enable_email(app: &TestApp, sink: &SmtpSink, email: &str) -> String {
     app.create_user(email, USER_PASSWORD, Role::User).await;
     let token = app.login(email, USER_PASSWORD).await.token;
     app.users().send_email_code(bearer(&token, pb::SendEmailCodeRequest {})).await.unwrap();
