@@ -12,6 +12,7 @@ mod authz;
 mod bad_input;
 mod captcha;
 mod envoy;
+mod forward_auth;
 mod grpcurl;
 mod http;
 mod keys;
