@@ -13,6 +13,7 @@ pub mod captcha;
 pub mod config;
 pub mod domain;
 pub mod errors;
+pub mod gateway;
 pub mod grpc;
 pub mod health;
 pub mod http;

@@ -25,7 +25,7 @@ const MAX_INPUT_BYTES: usize = 16 * 1024;
 /// # Errors
 /// `Unauthenticated(Missing)` when there is none, `Unauthenticated(Ambiguous)`
 /// when two differ, `InvalidArgument` for an oversized header or query.
-pub fn find<'a, I>(sources: &Sources, headers: I, query: &'a str) -> Result<String>
+pub fn find<'a, I>(sources: &Sources, headers: I, query: &str) -> Result<String>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {

@@ -3,8 +3,9 @@
 //!
 //! The credential is taken from the HTTP request Envoy describes (headers,
 //! the session cookie, the token query parameter in the path) by the same
-//! code as `ValidateToken`'s `http` form, and validated by the same rule.
-//! Required scopes come from the route's `context_extensions`
+//! code as `ValidateToken`'s `http` form and forward auth
+//! ([`crate::gateway`]), and validated by the same rule. Required scopes
+//! come from the route's `context_extensions`
 //! (`required_scopes: "assets:read, assets:write"`).
 //!
 //! - Allowed: OK, with identity headers for the upstream (user id, role,
@@ -29,9 +30,11 @@ use envoy_types::{
 };
 use tonic::{Code, Request, Response, Status};
 
+pub use crate::gateway::IdentityHeaders;
 use crate::{
-    domain::{CredentialId, Domain, Error, Principal, credential},
+    domain::{Domain, Error, Principal},
     errors::Problem,
+    gateway,
     metrics::Metrics,
     request,
 };
@@ -46,35 +49,6 @@ pub const REQUIRED_SCOPES_KEY: &str = "required_scopes";
 
 /// The header naming a request, kept from the HTTP request.
 const REQUEST_ID_HEADER: &str = "x-request-id";
-
-/// Names of the headers an allowed request gets for its upstream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IdentityHeaders {
-    /// The user's id.
-    pub user_id: String,
-    /// The user's role (`admin`, `user`).
-    pub role: String,
-    /// The credential's scopes, space-separated.
-    pub scopes: String,
-    /// The session id, for a session token.
-    pub session_id: String,
-    /// The key id, for an API key.
-    pub key_id: String,
-}
-
-impl IdentityHeaders {
-    /// The names `config` gives them (`envoy_*_header`).
-    #[must_use]
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        Self {
-            user_id: config.envoy_user_id_header.clone(),
-            role: config.envoy_role_header.clone(),
-            scopes: config.envoy_scopes_header.clone(),
-            session_id: config.envoy_session_id_header.clone(),
-            key_id: config.envoy_key_id_header.clone(),
-        }
-    }
-}
 
 /// The external authorization service.
 #[derive(Clone)]
@@ -110,41 +84,23 @@ impl EnvoyAuthorization {
         }
         // `path` is the request target, query included; `query` is empty
         // from Envoy but may be set by other callers.
-        let target = http.path.split_once('#').map_or(http.path.as_str(), |(before, _)| before);
-        let query = target.split_once('?').map_or(http.query.as_str(), |(_, query)| query);
-        let token = credential::find(self.domain.credential_sources(), headers, query)?;
+        let query = gateway::query_of(&http.path).unwrap_or(&http.query);
+        let token = gateway::credential(self.domain.credential_sources(), headers, &[query])?;
         self.domain.validate_token(&token, required).await
     }
 
     /// The OK answer: identity headers for the upstream.
     fn allow(&self, principal: &Principal, request_id: Option<&str>) -> CheckResponse {
-        let names = &self.headers;
-        let mut set = vec![
-            (names.user_id.as_str(), principal.user_id.to_string()),
-            (names.role.as_str(), principal.role.as_str().to_owned()),
-            (names.scopes.as_str(), principal.scopes.join(" ")),
-        ];
-        let mut remove = Vec::new();
-        match principal.credential {
-            CredentialId::Session(id) => {
-                set.push((names.session_id.as_str(), id.to_string()));
-                remove.push(names.key_id.clone());
-            }
-            CredentialId::ApiKey(id) => {
-                set.push((names.key_id.as_str(), id.to_string()));
-                remove.push(names.session_id.clone());
-            }
-        }
+        // The identity headers never have an empty value (Envoy would skip
+        // one, leaving the client's in place): those that do not apply are
+        // removed instead.
+        let gateway::Identity { mut set, absent } = self.headers.of(principal);
         if let Some(id) = request_id {
             set.push((REQUEST_ID_HEADER, id.to_owned()));
         }
-        // Envoy skips a header with an empty value (no scopes), which would
-        // leave one the client sent in place: remove those instead.
-        let (empty, set): (Vec<_>, Vec<_>) = set.into_iter().partition(|(_, value)| value.is_empty());
-        remove.extend(empty.into_iter().map(|(name, _)| name.to_owned()));
         let ok = OkHttpResponse {
             headers: set.into_iter().map(|(name, value)| overwrite(name, value)).collect(),
-            headers_to_remove: remove,
+            headers_to_remove: absent.into_iter().map(str::to_owned).collect(),
             ..OkHttpResponse::default()
         };
         CheckResponse {
@@ -198,15 +154,7 @@ fn deny(err: Error, request_id: Option<&str>) -> (CheckResponse, &'static str) {
 /// The scopes a route requires: `required_scopes`, comma- or
 /// space-separated.
 fn required_scopes(extensions: &HashMap<String, String>) -> Vec<String> {
-    extensions
-        .get(REQUIRED_SCOPES_KEY)
-        .map(|list| {
-            list.split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|scope| !scope.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    extensions.get(REQUIRED_SCOPES_KEY).map(|list| gateway::scope_list(list)).unwrap_or_default()
 }
 
 #[tonic::async_trait]

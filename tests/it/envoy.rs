@@ -17,7 +17,7 @@ use tonic::Code;
 
 use crate::{
     db_tests,
-    http::{HttpResponse as Reply, Upstream, hex, poll, request, try_request},
+    http::{Upstream, hex, poll, request, s4e_error, try_request},
     keys::create_key,
     support::{Backend, TestApp, USER_PASSWORD, captured_logs},
 };
@@ -127,19 +127,6 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", hex(&random_bytes::<6>()))
-}
-
-/// The S4E error body of a denial, checked for shape.
-#[track_caller]
-fn s4e_error(reply: &Reply, status: u16, code: &str) -> serde_json::Value {
-    assert_eq!(reply.status, status, "{reply:?}");
-    assert_eq!(reply.header("content-type"), Some("application/json"), "{reply:?}");
-    let body: serde_json::Value =
-        serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("not JSON ({e}): {reply:?}"));
-    assert_eq!(body["status"], "error", "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    body
 }
 
 db_tests!(envoy_asks_portcullis_about_every_request);

@@ -140,3 +140,44 @@ impl Drop for Upstream {
         self.task.abort();
     }
 }
+
+/// As [`request`], with headers given as a map (values may hold any bytes).
+pub async fn request_with_map(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: http::HeaderMap,
+) -> HttpResponse {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    request.headers_mut().extend(headers);
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    HttpResponse {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// The S4E error body of an HTTP denial, checked for shape: the status,
+/// JSON content, `{"status":"error","error":{"code":…,"message":…}}`.
+#[track_caller]
+pub fn s4e_error(reply: &HttpResponse, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(reply.header("content-type"), Some("application/json"), "{reply:?}");
+    let body: serde_json::Value =
+        serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("not JSON ({e}): {reply:?}"));
+    assert_eq!(body["status"], "error", "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    body
+}

@@ -14,6 +14,7 @@ mod captcha;
 mod chart;
 mod chart_run;
 mod envoy;
+mod forward_auth;
 mod grpcurl;
 mod http;
 mod http_api;
