@@ -141,7 +141,7 @@ mod tests {
     fn principal(credential: CredentialId, scopes: &[&str]) -> Principal {
         Principal {
             credential,
-            user_id: 7,
+            user_id: crate::domain::UserId::new(7),
             email: Email::parse("a@example.com", "email").unwrap(),
             role: Role::User,
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
@@ -153,7 +153,7 @@ mod tests {
     #[test]
     fn a_session_sets_its_id_and_removes_the_key_id() {
         let names = names();
-        let identity = names.of(&principal(CredentialId::Session(3), &[]));
+        let identity = names.of(&principal(CredentialId::Session(crate::domain::SessionId::new(3)), &[]));
         assert_eq!(
             identity.set,
             [("x-user", "7".to_owned()), ("x-role", "user".to_owned()), ("x-session", "3".to_owned())]
@@ -164,7 +164,8 @@ mod tests {
     #[test]
     fn a_key_sets_its_id_and_scopes() {
         let names = names();
-        let identity = names.of(&principal(CredentialId::ApiKey(9), &["a:read", "b:write"]));
+        let identity =
+            names.of(&principal(CredentialId::ApiKey(crate::domain::KeyId::new(9)), &["a:read", "b:write"]));
         assert_eq!(
             identity.set,
             [
