@@ -29,15 +29,20 @@ pub struct Connection {
 
 impl Connection {
     /// Connects to `addr` (plaintext HTTP/2, prior knowledge) and spawns the
-    /// connection's driver on the current tokio runtime.
+    /// connection's driver on the current tokio runtime. With
+    /// `adaptive_window`, the connection sizes its flow-control window from
+    /// measured bandwidth-delay, sending a PING with received data, as the
+    /// grpc-go and gRPC C-core (Python, C++, …) clients do by default; tonic's
+    /// `Channel` does not.
     ///
     /// # Errors
     /// The TCP connection or the HTTP/2 handshake failed.
-    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn open(addr: SocketAddr, adaptive_window: bool) -> anyhow::Result<Self> {
         let stream =
             tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .adaptive_window(adaptive_window)
             .handshake(TokioIo::new(stream))
             .await
             .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
@@ -55,11 +60,15 @@ impl Connection {
     ///
     /// # Errors
     /// As [`Connection::open`]; `count` is zero.
-    pub async fn open_many(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Self>> {
+    pub async fn open_many(
+        addr: SocketAddr,
+        count: usize,
+        adaptive_window: bool,
+    ) -> anyhow::Result<Vec<Self>> {
         anyhow::ensure!(count > 0, "at least one connection is needed");
         let mut connections = Vec::with_capacity(count);
         for _ in 0..count {
-            connections.push(Self::open(addr).await?);
+            connections.push(Self::open(addr, adaptive_window).await?);
         }
         Ok(connections)
     }

@@ -1,9 +1,9 @@
 //! The load engine: starts calls of a [`Workload`] and measures them.
 //!
 //! - **Open loop** ([`Load::Open`]): calls start at a fixed rate, evenly
-//!   spaced or as a Poisson process, whatever the server does. A pacer
-//!   thread sleeps to each arrival's *intended* start and hands it to the
-//!   tokio runtime, which sends it on the next connection round robin.
+//!   spaced or as a Poisson process, whatever the server does. The loop
+//!   sleeps (on a timerfd, to the microsecond) to each arrival's *intended*
+//!   start and sends it on the next connection, round robin.
 //!   Latency is measured from the intended start, so a server (or a
 //!   generator) that falls behind shows it in the percentiles instead of
 //!   quietly slowing the arrivals (no coordinated omission). How late the
@@ -27,8 +27,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::fd::OwnedFd;
+
 use anyhow::Context as _;
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create, timerfd_settime,
+};
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     procfs::{ProcSample, ServerUse},
@@ -110,7 +115,7 @@ fn lock(recorder: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
 /// Runs `workload` as `plan` says.
 ///
 /// # Errors
-/// The pacer thread could not start; the server's `/proc` entry could not be
+/// The timer could not be made; the server's `/proc` entry could not be
 /// read.
 pub async fn run(workload: Arc<dyn Workload>, plan: &Plan) -> anyhow::Result<RunResult> {
     // A little head start, so the first arrivals are not already late.
@@ -170,41 +175,50 @@ async fn open_loop(
     (start, end): (Instant, Instant),
     (rate, arrival, max_in_flight): (f64, Arrival, usize),
 ) -> anyhow::Result<u64> {
-    let (arrivals, mut next_arrival) = unbounded_channel();
-    let seed = plan.seed;
-    let pacer = std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || pace(rate, arrival, seed, (start, end), &arrivals))
-        .context("starting the pacer thread")?;
+    let timer = PreciseTimer::new().context("creating a timerfd")?;
+    let mut arrivals = Arrivals::new(rate, arrival, plan.seed, start);
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let mut issued = 0;
-    while let Some((index, intended)) = next_arrival.recv().await {
-        issued = index + 1;
-        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
-            lock(recorder).not_sent(intended);
+    let mut index = 0;
+    let mut intended = arrivals.next_start();
+    let mut sent_without_yield = 0_u32;
+    while intended < end {
+        let now = Instant::now();
+        if intended > now {
+            timer.sleep(intended - now).await.context("waiting on the timerfd")?;
+            sent_without_yield = 0;
             continue;
         }
-        in_flight.fetch_add(1, Ordering::Relaxed);
-        let call = workload.call(index);
-        let (recorder, in_flight, timeout) = (Arc::clone(recorder), Arc::clone(&in_flight), plan.timeout);
-        tokio::spawn(async move {
-            // The call is sent when this task first runs.
-            let sent = Instant::now();
-            let outcome = finish(call, timeout).await;
-            let done = Instant::now();
-            in_flight.fetch_sub(1, Ordering::Relaxed);
-            lock(&recorder).record(intended, sent.saturating_duration_since(intended), done, outcome);
-        });
-    }
-    if pacer.join().is_err() {
-        anyhow::bail!("the pacer thread failed");
+        if in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            lock(recorder).not_sent(intended);
+        } else {
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            let call = workload.call(index);
+            let (recorder, in_flight, timeout) = (Arc::clone(recorder), Arc::clone(&in_flight), plan.timeout);
+            tokio::spawn(async move {
+                // The call is sent when this task first runs.
+                let sent = Instant::now();
+                let outcome = finish(call, timeout).await;
+                let done = Instant::now();
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                lock(&recorder).record(intended, sent.saturating_duration_since(intended), done, outcome);
+            });
+        }
+        index += 1;
+        intended = arrivals.next_start();
+        // Behind schedule, arrivals are due back to back: let the calls
+        // already started run now and then, or none would be sent.
+        sent_without_yield += 1;
+        if sent_without_yield == 64 {
+            sent_without_yield = 0;
+            tokio::task::yield_now().await;
+        }
     }
     // The last calls still count; each ends by its timeout at the latest.
     let deadline = Instant::now() + plan.timeout + Duration::from_millis(100);
     while in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    Ok(issued)
+    Ok(index)
 }
 
 async fn closed_loop(
@@ -243,38 +257,77 @@ async fn closed_loop(
     Ok(requests.map_or(handed_out, |n| handed_out.min(n)))
 }
 
-/// The pacer thread: sends `(index, intended start)` of each arrival in
-/// `[start, end)` as its time comes. `thread::sleep` wakes within tens of
-/// microseconds (tokio's timer would round to a millisecond and send
-/// bursts); arrivals found already due are sent at once.
-fn pace(
+/// Intended start times of open-loop arrivals.
+struct Arrivals {
     rate: f64,
     arrival: Arrival,
-    seed: u64,
-    (start, end): (Instant, Instant),
-    arrivals: &UnboundedSender<(u64, Instant)>,
-) {
-    let mut random = SplitMix64(seed);
-    let mut offset = 0.0_f64;
-    let mut index = 0_u64;
-    loop {
-        let intended = start + Duration::from_secs_f64(offset);
-        if intended >= end {
-            return;
-        }
-        let now = Instant::now();
-        if intended > now {
-            std::thread::sleep(intended - now);
-        }
-        if arrivals.send((index, intended)).is_err() {
-            return;
-        }
-        index += 1;
-        offset = match arrival {
+    random: SplitMix64,
+    start: Instant,
+    index: u64,
+    offset: f64,
+}
+
+impl Arrivals {
+    fn new(rate: f64, arrival: Arrival, seed: u64, start: Instant) -> Self {
+        Self { rate, arrival, random: SplitMix64(seed), start, index: 0, offset: 0.0 }
+    }
+
+    /// The next arrival's intended start.
+    fn next_start(&mut self) -> Instant {
+        let intended = self.start + Duration::from_secs_f64(self.offset);
+        self.index += 1;
+        self.offset = match self.arrival {
             // From the index, not by adding gaps: no drift.
-            Arrival::Constant => as_f64(index) / rate,
-            Arrival::Poisson => offset + random.exponential() / rate,
+            Arrival::Constant => as_f64(self.index) / self.rate,
+            Arrival::Poisson => self.offset + self.random.exponential() / self.rate,
         };
+        intended
+    }
+}
+
+/// A one-shot timer with microsecond precision that wakes the tokio loop it
+/// runs in: a Linux timerfd, polled by tokio like a socket. tokio's timer
+/// rounds to whole milliseconds, which would send arrivals in bursts; a
+/// separate pacer thread would cost a thread switch per call (and, sharing
+/// the generator's core, wake late).
+struct PreciseTimer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PreciseTimer {
+    // tokio deprecated the safe constructor because an arbitrary `AsRawFd`
+    // could hand back a different (or closed) descriptor after registering;
+    // an `OwnedFd` owned by the `AsyncFd` itself cannot, and its replacement
+    // is `unsafe`, which this workspace forbids.
+    #[allow(deprecated, reason = "sound for an OwnedFd that the AsyncFd owns; see above")]
+    fn new() -> std::io::Result<Self> {
+        let fd = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC)?;
+        Ok(Self { fd: AsyncFd::with_interest(fd, Interest::READABLE)? })
+    }
+
+    /// Sleeps for `duration` (at least a nanosecond).
+    async fn sleep(&self, duration: Duration) -> std::io::Result<()> {
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let value = Timespec {
+            tv_sec: duration.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: i64::from(duration.subsec_nanos().max(1)),
+        };
+        timerfd_settime(
+            self.fd.get_ref(),
+            TimerfdTimerFlags::empty(),
+            &Itimerspec { it_interval: zero, it_value: value },
+        )?;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0_u8; 8];
+            match ready
+                .try_io(|fd| rustix::io::read(fd.get_ref(), &mut expirations).map_err(std::io::Error::from))
+            {
+                Ok(result) => return result.map(|_| ()),
+                // Woken with nothing to read: not expired yet.
+                Err(_would_block) => {}
+            }
+        }
     }
 }
 
@@ -312,18 +365,22 @@ mod tests {
     }
 
     #[test]
-    fn constant_pacing_sends_every_arrival_in_the_window() {
-        let (tx, mut rx) = unbounded_channel();
+    fn constant_arrivals_are_evenly_spaced() {
         let start = Instant::now();
-        pace(1000.0, Arrival::Constant, 1, (start, start + Duration::from_millis(50)), &tx);
-        let mut count = 0;
-        let mut last = start;
-        while let Ok((index, intended)) = rx.try_recv() {
-            assert_eq!(index, count);
-            assert!(intended >= last);
-            last = intended;
-            count += 1;
-        }
-        assert_eq!(count, 50);
+        let mut arrivals = Arrivals::new(1000.0, Arrival::Constant, 1, start);
+        let starts: Vec<Instant> = (0..1001).map(|_| arrivals.next_start()).collect();
+        assert_eq!(starts[0], start);
+        assert_eq!(starts[1000] - start, Duration::from_secs(1));
+        assert!(starts.windows(2).all(|w| w[1] - w[0] == Duration::from_millis(1)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_timer_wakes_after_its_duration() {
+        let timer = PreciseTimer::new().unwrap();
+        let begun = Instant::now();
+        timer.sleep(Duration::from_micros(300)).await.unwrap();
+        let slept = begun.elapsed();
+        assert!(slept >= Duration::from_micros(300), "{slept:?}");
+        assert!(slept < Duration::from_millis(100), "{slept:?}");
     }
 }

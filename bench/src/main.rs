@@ -34,7 +34,8 @@ enum Command {
     /// Drive a server with one workload and print its report: offered and
     /// achieved rate, latency percentiles (from each call's intended start),
     /// gRPC codes, and the server's CPU and memory when `--server-pid` is
-    /// given.
+    /// given. A flag given twice takes its last value.
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
     /// Fill a migrated database with users and active sessions, and write the
     /// sessions' tokens to a file for `run --mode validate-miss`.
@@ -87,6 +88,13 @@ struct RunArgs {
     /// HTTP/2 connections the calls are spread over (round robin).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Size each connection's flow-control window adaptively, with a PING
+    /// per burst of received data, as grpc-go and gRPC C-core clients do by
+    /// default (tonic's `Channel` does not). The server then writes PING
+    /// acknowledgements between responses, which is where a missing
+    /// `TCP_NODELAY` shows.
+    #[arg(long)]
+    adaptive_window: bool,
     /// Measured time, e.g. `10s`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     duration: Duration,
@@ -250,7 +258,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rss_per_call: args.rss_per_call,
         seed: args.seed,
     };
-    let connections = Connection::open_many(args.target, args.connections).await?;
+    let connections = Connection::open_many(args.target, args.connections, args.adaptive_window).await?;
     let target = args.target;
     let me = std::process::id();
     let generator_before = ProcSample::read(me)?;
@@ -260,7 +268,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let login_rate = args.login_rate.context("mixed needs --login-rate")?;
         let validate: Arc<dyn Workload> =
             Arc::new(Validate::new(&connections, target, Arc::from(vec![hit_token(&args)?]), 0)?);
-        let login_connections = Connection::open_many(target, args.login_connections).await?;
+        let login_connections =
+            Connection::open_many(target, args.login_connections, args.adaptive_window).await?;
         let login: Arc<dyn Workload> =
             Arc::new(Login::new(&login_connections, target, emails(&args), args.password)?);
         let validate_plan =

@@ -40,7 +40,7 @@ async fn open_loop_health_counts_every_call() {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         ),
     );
-    let connections = Connection::open_many(addr, 2).await.unwrap();
+    let connections = Connection::open_many(addr, 2, false).await.unwrap();
     let workload: Arc<dyn Workload> = Arc::new(Health::new(&connections, addr, String::new()).unwrap());
     let load = Load::Open { rate: 400.0, arrival: Arrival::Constant, max_in_flight: 1000 };
     let result = load::run(workload, &plan("health", load, 200, 500)).await.unwrap();
@@ -91,7 +91,7 @@ async fn seeded_sessions_validate_and_seeded_accounts_log_in() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(app.serve(listener, std::future::pending()));
-    let connections = Connection::open_many(addr, 2).await.unwrap();
+    let connections = Connection::open_many(addr, 2, false).await.unwrap();
     let closed = |requests| Load::Closed { concurrency: 4, requests: Some(requests) };
 
     // Every seeded token once: all valid.
