@@ -64,6 +64,35 @@ const SCOPES_PARAM: &str = "scopes";
 /// Longest query string of the forward-auth request itself.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
 
+/// Forward auth, as the OpenAPI description shows it (at its default path;
+/// [`super::openapi`] moves it to `forward_auth_path`).
+#[utoipa::path(
+    get, path = "/auth/verify", tag = "Forward auth",
+    params(
+        ("scopes" = Option<String>, Query, description = "Scopes the route needs, comma- or space-separated"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The original request target (Traefik, Caddy); its `token` parameter may carry the credential"),
+        ("X-Original-URI" = Option<String>, Header, description = "The original request target (nginx)"),
+    ),
+    responses(
+        (status = 200, description = "Allowed; the identity headers (`x-portcullis-user-id`, `-role`, `-scopes`, `-session-id` or `-key-id`) are for the upstream"),
+        (status = 400, description = "Bad input (a malformed scope, oversized headers)"),
+        (status = 401, description = "No, an unknown, revoked or expired credential; `WWW-Authenticate` says which"),
+        (status = 403, description = "A required scope is missing, or the login still needs its second factor"),
+        (status = 503, description = "The database does not answer"),
+    ),
+    security((), ("bearer" = []), ("api_key" = []), ("cookie" = []))
+)]
+#[allow(dead_code, reason = "describes the route `routes` serves")]
+fn verify_doc() {}
+
+/// The forward-auth part of the OpenAPI description.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(verify_doc),
+    tags((name = "Forward auth", description = "For nginx `auth_request`, Traefik `ForwardAuth` and Caddy `forward_auth`: the S4E envelope on denial, also in `x-portcullis-error`."))
+)]
+pub struct Api;
+
 /// The forward-auth route, at `forward_auth_path`, for every method.
 pub fn routes(settings: &Settings) -> Router<super::State> {
     super::route(Router::new(), &settings.forward_auth_path, any(verify))

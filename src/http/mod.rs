@@ -90,22 +90,24 @@ impl Settings {
 /// CORS with credentials for `allowed_origins` ([`browser::cors`]), so its
 /// headers are on every answer, errors included.
 pub fn router(state: State, config: &Config) -> Router {
-    let mut router = Router::new();
+    // The dialects browsers call: CORS with credentials for the allowed
+    // origins. Forward auth is called by proxies with any method (an OPTIONS
+    // among them), so it stays out of CORS.
+    let mut dialects = Router::new();
     if config.s4e_api {
-        router = router.merge(s4e::routes(&state.settings));
+        dialects = dialects.merge(s4e::routes(&state.settings));
     }
     if config.rehive_api {
-        router = router.merge(rehive::routes());
+        dialects = dialects.merge(rehive::routes());
     }
+    let mut router = dialects.merge(openapi::routes(config)).layer(browser::cors(&state.settings));
     if config.forward_auth {
         router = router.merge(forward_auth::routes(&state.settings));
     }
     router
-        .merge(openapi::routes(config))
         .fallback(|| async { Problem::new(errors::NOT_FOUND, "no such path").into_s4e_response() })
         .layer(axum::extract::DefaultBodyLimit::max(config.max_message_bytes))
         .layer(tower::util::MapResponseLayer::new(method_not_allowed))
-        .layer(browser::cors(&state.settings))
         .with_state(state)
 }
 

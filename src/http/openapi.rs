@@ -92,6 +92,16 @@ pub fn document(config: &Config) -> OpenApi {
         rehive.paths.paths.extend(slashless);
         doc.merge(rehive);
     }
+    if config.forward_auth {
+        let mut forward = super::forward_auth::Api::openapi();
+        forward.paths.paths = forward
+            .paths
+            .paths
+            .into_iter()
+            .map(|(_, item)| (config.forward_auth_path.clone(), item))
+            .collect();
+        doc.merge(forward);
+    }
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -134,7 +144,9 @@ mod tests {
         assert!(!paths.keys().any(|path| path.starts_with("/3/")), "{paths:?}");
         let doc = serde_json::to_value(document(&Config::default())).unwrap();
         let paths = doc["paths"].as_object().unwrap();
-        for path in ["/api/user/auth/login", "/3/auth/login/", "/3/auth/login", "/3/auth/logout/all"] {
+        for path in
+            ["/api/user/auth/login", "/3/auth/login/", "/3/auth/login", "/3/auth/logout/all", "/auth/verify"]
+        {
             assert!(paths.contains_key(path), "{path} missing: {paths:?}");
         }
     }
