@@ -94,12 +94,8 @@ pub fn document(config: &Config) -> OpenApi {
     }
     if config.forward_auth {
         let mut forward = super::forward_auth::Api::openapi();
-        forward.paths.paths = forward
-            .paths
-            .paths
-            .into_iter()
-            .map(|(_, item)| (config.forward_auth_path.clone(), item))
-            .collect();
+        forward.paths.paths =
+            forward.paths.paths.into_values().map(|item| (config.forward_auth_path.clone(), item)).collect();
         doc.merge(forward);
     }
     let components = doc.components.get_or_insert_with(Default::default);
