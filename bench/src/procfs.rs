@@ -92,6 +92,13 @@ impl ServerUse {
     }
 }
 
+/// `n` as a float, for rates and ratios.
+#[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+#[must_use]
+pub fn as_f64(n: u64) -> f64 {
+    n as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,11 +108,4 @@ mod tests {
         let sample = ProcSample::read(std::process::id()).unwrap();
         assert!(sample.rss_bytes > 0);
     }
-}
-
-/// `n` as a float, for rates and ratios.
-#[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
-#[must_use]
-pub fn as_f64(n: u64) -> f64 {
-    n as f64
 }
