@@ -87,11 +87,14 @@ impl<B> MakeSpan<B> for MakeCallSpan {
         {
             span.record("request_id", field::display(id));
         }
-        // A missing or malformed traceparent extracts to an empty context:
-        // the span then starts a new trace. Without an OpenTelemetry layer
-        // (no exporter configured) there is nothing to set.
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        let _ = span.set_parent(parent);
+        // A malformed traceparent extracts to an empty context: the span
+        // then starts a new trace, as it does without one (nothing to
+        // extract, the common case, costs nothing). Without an OpenTelemetry
+        // layer (no exporter configured) there is nothing to set.
+        if request.headers().contains_key("traceparent") {
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let _ = span.set_parent(parent);
+        }
         span
     }
 }
