@@ -257,7 +257,7 @@ async fn every_action_writes_one_row_with_the_callers_request_id(backend: Backen
     let lock = rows(&app, &admin, "r-lock-2").await;
     assert_eq!(lock.len(), 2, "{lock:?}");
     assert_one(&lock, "login.failed", "failure");
-    assert_one(&lock, "account.locked", "success");
+    assert_one(&lock, "account.locked", "failure");
     assert_eq!(lock[1].subject, format!("user:{hal_id}"));
     let unknown = rows(&app, &admin, "r-login-unknown").await;
     assert_eq!(unknown[0].subject, "email:nobody@example.com");
