@@ -26,6 +26,7 @@ mod mfa;
 mod observability;
 mod operations;
 mod properties;
+mod readme;
 mod serving;
 mod sessions;
 mod smtp;
