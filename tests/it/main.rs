@@ -13,6 +13,7 @@ mod bad_input;
 mod captcha;
 mod chart;
 mod chart_run;
+mod cli;
 mod envoy;
 mod forward_auth;
 mod grpcurl;
