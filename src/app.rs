@@ -55,7 +55,10 @@ impl App {
     /// The database cannot be reached or migrated, or the configuration is
     /// not usable.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // What can be refused without the database is refused first: no
+        // migration runs, no file is made, for a configuration that cannot start.
         config.check()?;
+        config.check_mfa_key()?;
         let database = SqlStore::connect(&config.database_url, config.database_max_connections)
             .await
             .context("connecting to the database (database_url)")?;

@@ -328,3 +328,143 @@ async fn every_cli_command_has_help() {
         }
     }
 }
+
+/// Runs `portcullis ARGS` in `dir` with `env`, nothing on standard input,
+/// and `RUST_BACKTRACE=1` (which must not matter for a person's mistake).
+async fn cli_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("PORTCULLIS_TEST_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("PORTCULLIS_USER_PASSWORD")
+        .env("RUST_BACKTRACE", "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[track_caller]
+fn one_line_without_backtrace(run: &Run) {
+    // Log lines (a warning about a key file made) may come first; the error
+    // is the last line, and the only one that is not a log line.
+    let lines: Vec<&str> = run.stderr.trim().lines().filter(|l| !l.contains(" WARN ")).collect();
+    assert_eq!(lines.len(), 1, "not one line: {}", run.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", run.stderr);
+    assert!(run.stderr.trim().ends_with(lines[0]), "{}", run.stderr);
+    assert!(!run.stderr.to_lowercase().contains("backtrace"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn cli_config_errors_name_the_setting_where_it_was_set_and_what_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = cli_in(dir.path(), &["serve"], &[("PORTCULLIS_SESSION_LIFETIME", "forever")]).await;
+    assert_eq!(bad.code, 5);
+    one_line_without_backtrace(&bad);
+    for wanted in ["session_lifetime", "PORTCULLIS_SESSION_LIFETIME", "forever", "30s", "24h"] {
+        assert!(bad.stderr.contains(wanted), "{wanted} not in {}", bad.stderr);
+    }
+    std::fs::write(dir.path().join("portcullis.toml"), "session_lifetime = \"forever\"\n").unwrap();
+    let in_file = cli_in(dir.path(), &["-c", "portcullis.toml", "serve"], &[]).await;
+    one_line_without_backtrace(&in_file);
+    assert!(in_file.stderr.contains("portcullis.toml"), "{}", in_file.stderr);
+    assert!(!in_file.stderr.contains("default."), "an internal profile name: {}", in_file.stderr);
+
+    std::fs::write(dir.path().join("typo.toml"), "sesion_lifetime = \"1h\"\n").unwrap();
+    let typo = cli_in(dir.path(), &["-c", "typo.toml", "user", "list"], &[]).await;
+    one_line_without_backtrace(&typo);
+    assert!(typo.stderr.contains("did you mean `session_lifetime`?"), "{}", typo.stderr);
+    assert!(!typo.stderr.contains("envoy_key_id_header"), "lists every setting: {}", typo.stderr);
+    let variant = cli_in(dir.path(), &["serve"], &[("PORTCULLIS_CAPTCHA_POLICY", "sometimes")]).await;
+    one_line_without_backtrace(&variant);
+    assert!(variant.stderr.contains("off, always, after_failures"), "{}", variant.stderr);
+    // None of these got as far as the database.
+    assert!(!dir.path().join("portcullis.db").exists());
+
+    let missing = cli_in(dir.path(), &["user", "get", "nobody@example.com"], &[]).await;
+    assert_eq!(missing.code, 3);
+    one_line_without_backtrace(&missing);
+}
+
+#[tokio::test]
+async fn cli_user_create_checks_the_password_before_the_database_and_needs_no_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    let env = [("PORTCULLIS_DATABASE_URL", url.as_str())];
+    let short = cli_in(
+        dir.path(),
+        &["user", "create", "--email", "a@example.com"],
+        &[("PORTCULLIS_DATABASE_URL", url.as_str()), ("PORTCULLIS_USER_PASSWORD", "short")],
+    )
+    .await;
+    assert_eq!(short.code, 2);
+    one_line_without_backtrace(&short);
+    assert!(short.stderr.contains("password") && short.stderr.contains('8'), "{}", short.stderr);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "a refused password left files: {left:?}");
+
+    // No terminal (a new session has none), no --password-stdin: it says how.
+    let output = tokio::process::Command::new("setsid")
+        .arg("-w")
+        .arg(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["user", "create", "--email", "a@example.com"])
+        .env_remove("PORTCULLIS_USER_PASSWORD")
+        .env("RUST_BACKTRACE", "1")
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    one_line_without_backtrace(&run);
+    assert!(run.stderr.contains("no terminal") && run.stderr.contains("--password-stdin"), "{}", run.stderr);
+    assert!(!run.stderr.contains("os error"), "{}", run.stderr);
+    assert!(!dir.path().join("p.db").exists());
+}
+
+/// PostgreSQL only: without `mfa_key` the refusal comes before a single
+/// migration runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_postgres_without_an_mfa_key_is_refused_before_migrating() {
+    use sea_orm::{ConnectionTrait as _, Database};
+    let Some(backend) = Backend::postgres() else { return };
+    let db = crate::support::TestDb::create(&backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["user", "list"][..], &["serve"]] {
+        let run = cli_in(
+            dir.path(),
+            args,
+            &[("PORTCULLIS_DATABASE_URL", db.url.as_str()), ("PORTCULLIS_LISTEN_ADDR", "127.0.0.1:0")],
+        )
+        .await;
+        assert_eq!(run.code, 5, "{args:?}: {}", run.stderr);
+        one_line_without_backtrace(&run);
+        assert!(run.stderr.contains("mfa_key") && run.stderr.contains("PostgreSQL"), "{}", run.stderr);
+    }
+    let conn = Database::connect(&db.url).await.unwrap();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let tables: i64 = row.try_get("", "n").unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(tables, 0, "migrations ran before the refusal");
+    db.drop_database().await;
+}
