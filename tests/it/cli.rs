@@ -386,6 +386,10 @@ async fn cli_config_errors_name_the_setting_where_it_was_set_and_what_is_accepte
     let variant = cli_in(dir.path(), &["serve"], &[("PORTCULLIS_CAPTCHA_POLICY", "sometimes")]).await;
     one_line_without_backtrace(&variant);
     assert!(variant.stderr.contains("off, always, after_failures"), "{}", variant.stderr);
+    let no_vendor = cli_in(dir.path(), &["user", "list"], &[("PORTCULLIS_CAPTCHA_POLICY", "always")]).await;
+    assert_eq!(no_vendor.code, 5, "{}", no_vendor.stderr);
+    one_line_without_backtrace(&no_vendor);
+    assert!(no_vendor.stderr.contains("captcha_turnstile_secret"), "{}", no_vendor.stderr);
     // None of these got as far as the database.
     assert!(!dir.path().join("portcullis.db").exists());
 
