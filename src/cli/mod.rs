@@ -335,6 +335,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The operator's context: actor `system:cli`, and one request id for the
+/// rows this run writes (`audit list --request-id` finds them together).
+fn operator() -> Ctx {
+    Ctx {
+        request_id: format!("cli-{}", uuid::Uuid::new_v4()),
+        user_agent: concat!("portcullis-cli/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..Ctx::system()
+    }
+}
+
 /// Prints `value` as JSON when asked to, else `text`.
 fn print(json: bool, value: &Value, text: &str) {
     if json {
@@ -346,7 +356,7 @@ fn print(json: bool, value: &Value, text: &str) {
 
 async fn user(app: &App, command: UserCommand, password: &str, json: bool) -> anyhow::Result<()> {
     let domain = app.domain();
-    let ctx = Ctx::system();
+    let ctx = operator();
     match command {
         UserCommand::Create { email, role, service, .. } => {
             let role = Role::from(role);
@@ -428,7 +438,7 @@ fn disabled(disabled: bool) -> UserPatch {
 async fn patch_user(app: &App, who: &str, patch: UserPatch, done: &str, json: bool) -> anyhow::Result<()> {
     let domain = app.domain();
     let user = domain.find_user_unchecked(who).await?;
-    let user = domain.update_user_unchecked(&Ctx::system(), user.id, patch).await?;
+    let user = domain.update_user_unchecked(&operator(), user.id, patch).await?;
     let text = format!("{done} user {} <{}> (role {})", user.id, user.email.as_str(), user.role.as_str());
     print(json, &show::user_json(&user), &text);
     Ok(())
@@ -436,7 +446,7 @@ async fn patch_user(app: &App, who: &str, patch: UserPatch, done: &str, json: bo
 
 async fn key(app: &App, command: KeyCommand, json: bool) -> anyhow::Result<()> {
     let domain = app.domain();
-    let ctx = Ctx::system();
+    let ctx = operator();
     let now = domain.now();
     match command {
         KeyCommand::Create { owner, name, scopes, env } => {
@@ -516,7 +526,7 @@ async fn key(app: &App, command: KeyCommand, json: bool) -> anyhow::Result<()> {
 
 async fn session(app: &App, command: SessionCommand, json: bool) -> anyhow::Result<()> {
     let domain = app.domain();
-    let ctx = Ctx::system();
+    let ctx = operator();
     match command {
         SessionCommand::List { user } => {
             let user = domain.find_user_unchecked(&user).await?;

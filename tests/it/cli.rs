@@ -176,6 +176,14 @@ async fn cli_manages_users_and_reaches_the_running_server(backend: Backend) {
     }
     assert_eq!(actions.iter().filter(|a| **a == "user.updated").count(), 3, "{actions:?}");
     assert!(rows.as_array().unwrap().iter().all(|r| r["actor"] == "system:cli"));
+    // One request id per run, so a run's rows are found together.
+    // (Alice herself was made by the test through the rules, not a run.)
+    let runs: Vec<&Value> =
+        rows.as_array().unwrap().iter().filter(|r| r["action"] != "user.created").collect();
+    let ids: std::collections::HashSet<&str> =
+        runs.iter().map(|r| r["request_id"].as_str().unwrap()).collect();
+    assert!(ids.iter().all(|id| id.starts_with("cli-")), "{ids:?}");
+    assert_eq!(ids.len(), runs.len(), "each run its own id: {ids:?}");
     assert!(!rows.to_string().contains("brand new"));
     app.stop().await;
 }
