@@ -36,8 +36,8 @@ use rustix::time::{
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
-    procfs::{ProcSample, ServerUse},
-    stats::{Offered, Recorder, Report, as_f64},
+    procfs::{ProcSample, ServerUse, as_f64},
+    stats::{Offered, Recorder, Report},
     workload::{Outcome, Workload, code_name},
 };
 

@@ -15,9 +15,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use portcullis_bench::{
     client::Connection,
     load::{self, Arrival, Load, Plan, RunResult},
-    procfs::ProcSample,
+    procfs::{ProcSample, as_f64},
     seed::{self, SeedOptions},
-    stats::{self, Report, TSV_HEADER, as_f64},
+    stats::{self, Report, TSV_HEADER},
     workload::{EnvoyCheck, Health, Login, Validate, Workload},
 };
 

@@ -6,8 +6,6 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::stats::as_f64;
-
 /// Clock ticks per second of `/proc` times. Linux fixes `USER_HZ` at 100 for
 /// user space on every architecture it runs this on.
 const TICKS_PER_SECOND: u64 = 100;
@@ -92,6 +90,13 @@ impl ServerUse {
             },
         }
     }
+}
+
+/// `n` as a float, for rates and ratios.
+#[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
+#[must_use]
+pub fn as_f64(n: u64) -> f64 {
+    n as f64
 }
 
 #[cfg(test)]

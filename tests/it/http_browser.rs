@@ -151,8 +151,7 @@ impl Browser {
             .kill_on_drop(true)
             .spawn()
         else {
-            assert!(std::env::var_os("CI").is_none(), "chromedriver is missing in CI: run scripts/tools");
-            eprintln!("chromedriver is not installed (scripts/tools installs it): skipping the browser test");
+            crate::support::skip("chromedriver is not installed here (scripts/tools installs it as root)");
             return None;
         };
         // "ChromeDriver was started successfully on port 36089."

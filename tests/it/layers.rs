@@ -2,7 +2,8 @@
 //! imports no tonic, prost or sea-orm and nothing of `crate::store` (or of
 //! the edges, `grpc` and `app`); `src/store` imports from `crate::domain`
 //! only the seam (`ports`), the records (`records`), the ids (`ids`) and the
-//! errors (`error`).
+//! errors (`error`); and no two modules of `src/` import each other, directly
+//! or around a loop.
 //!
 //! Every path is read, not only `use` lines: `use` trees of any shape
 //! (grouped, nested, `self`, globs, renames, `pub use`) and paths written
@@ -98,6 +99,79 @@ fn the_checker_catches_what_it_must_and_nothing_else() {
     caught("domain/error.rs", "fn f() -> ::tonic::Status { todo!() }", "tonic::Status");
     caught("domain/types.rs", "fn t() -> prost_types::Timestamp { todo!() }", "prost_types::Timestamp");
     caught("domain/grpc_like.rs", "use crate::grpc::convert;", "crate::grpc::convert");
+}
+
+#[test]
+fn no_import_loop_between_the_modules_of_src() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut edges = Vec::new();
+    for file in rust_files(&src) {
+        let relative = file.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
+        let source = std::fs::read_to_string(&file).unwrap();
+        edges.extend(module_edges(&relative, &source));
+    }
+    // The reader found the arrows the layout promises.
+    for (from, to) in [("grpc", "domain"), ("store", "domain"), ("request", "errors"), ("app", "server")] {
+        assert!(edges.iter().any(|(f, t)| f == from && t == to), "no arrow {from} -> {to} in {edges:?}");
+    }
+    assert_eq!(cycle(&edges), None, "an import loop between the modules of src/");
+}
+
+#[test]
+fn the_loop_finder_finds_a_loop() {
+    let mut edges = module_edges("request/observe.rs", "use crate::metrics::Metrics;");
+    edges.extend(module_edges("metrics.rs", "fn f(o: crate::request::Outcome) {}"));
+    edges.extend(module_edges("grpc/mod.rs", "use super::super::domain::Domain; use crate::Config;"));
+    assert!(edges.contains(&("grpc".into(), "domain".into())), "{edges:?}");
+    assert!(!edges.iter().any(|(_, to)| to == "Config"), "{edges:?}");
+    let found = cycle(&edges).expect("request -> metrics -> request");
+    assert!(found.contains(&"request".to_owned()) && found.contains(&"metrics".to_owned()), "{found:?}");
+    edges.retain(|(from, _)| from != "metrics");
+    assert_eq!(cycle(&edges), None);
+}
+
+/// The top-level modules of `src/` (a folder or a file, `lib`/`main` aside)
+/// that one file names: `(its module, the other module)`.
+fn module_edges(relative: &str, source: &str) -> Vec<(String, String)> {
+    let module = module_path(relative);
+    let Some(from) = module.get(1).cloned() else { return Vec::new() };
+    let is_module = |name: &str| name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+    let mut edges: Vec<(String, String)> = paths(source, &module)
+        .into_iter()
+        .filter(|path| path.len() >= 2 && path[0] == "crate" && path[1] != from && is_module(&path[1]))
+        .map(|path| (from.clone(), path[1].clone()))
+        .collect();
+    edges.sort();
+    edges.dedup();
+    edges
+}
+
+/// A loop in the graph, as the modules along it, if there is one.
+fn cycle(edges: &[(String, String)]) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &[(String, String)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            return Some(path[start..].to_vec());
+        }
+        if done.iter().any(|n| n == node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(found) = visit(to, edges, path, done) {
+                return Some(found);
+            }
+        }
+        path.pop();
+        done.push(node.to_owned());
+        None
+    }
+    let mut done = Vec::new();
+    edges.iter().find_map(|(from, _)| visit(from, edges, &mut Vec::new(), &mut done))
 }
 
 /// The violations in one file of `src/` (its path relative to `src/`).

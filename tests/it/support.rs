@@ -68,26 +68,45 @@ impl Backend {
         if postgres_reachable(&url) {
             return Some(Backend::Postgres(url));
         }
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "PostgreSQL is not reachable at {url}: the PostgreSQL tests must run in CI"
-        );
-        let skipped = SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let test = std::thread::current().name().unwrap_or("a test").to_owned();
-        // Straight to the terminal: the harness captures `eprintln!`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!(
-                "SKIPPED {test}: PostgreSQL is not reachable at {url} ({skipped} PostgreSQL runs skipped so far)\n"
-            )
-            .as_bytes(),
-        );
+        skip(&format!("PostgreSQL is not reachable at {url}"));
         None
     }
 }
 
-/// PostgreSQL runs skipped in this process.
+/// Skips the running test for `why`: a failure in CI (where everything
+/// must run); elsewhere one SKIPPED line on the terminal (not only in the
+/// captured output), with the count of skips so far, and the test passes.
+pub fn skip(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{why}: in CI this must run, not be skipped");
+    let skipped = SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    // Straight to the terminal: the harness captures `eprintln!`.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED {test}: {why} ({skipped} skipped so far)\n").as_bytes(),
+    );
+}
+
+/// Tests skipped in this process.
 static SKIPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A tool `scripts/tools` installs (run once per process): its path in
+/// `.tools/venv/bin`, or `None` where it cannot be had on this platform, in
+/// which case the calling test has been skipped with the reason
+/// `scripts/tools` recorded in `.tools/unavailable/<name>`.
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    INSTALLED.get_or_init(|| {
+        let status = std::process::Command::new("bash").arg(root.join("scripts/tools")).status();
+        assert!(status.is_ok_and(|status| status.success()), "scripts/tools failed");
+    });
+    if let Ok(why) = std::fs::read_to_string(root.join(".tools/unavailable").join(name)) {
+        skip(&format!("{name} is not available here: {}", why.trim()));
+        return None;
+    }
+    Some(root.join(".tools/venv/bin").join(name))
+}
 
 /// Whether a TCP connection to `url`'s server opens, starting the local
 /// cluster if it does not (as `scripts/test` does). Decided once per
