@@ -49,20 +49,18 @@ pub struct App {
 
 impl App {
     /// Connects to the database, migrates it when configured to, and wires
-    /// the rules with `clock`.
+    /// the rules with `clock`. Every setting that can be refused without the
+    /// database is checked before it is opened, so a configuration that
+    /// cannot start neither creates nor migrates one.
     ///
     /// # Errors
     /// The database cannot be reached or migrated, or the configuration is
     /// not usable.
     pub async fn build(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // What can be refused without the database is refused first: no
+        // migration runs, no file is made, for a configuration that cannot start.
         config.check()?;
-        let database = SqlStore::connect(&config.database_url, config.database_max_connections)
-            .await
-            .context("connecting to the database (database_url)")?;
-        if config.migrate_on_start {
-            database.migrate().await.context("migrating the database")?;
-        }
-        let store: Arc<dyn Store> = Arc::new(database.clone());
+        config.check_mfa_key()?;
         let tokens = TokenFormat::new(&config.token_prefix);
         let hasher = Hasher::new(HasherConfig {
             memory_kib: config.argon2_memory_kib,
@@ -71,24 +69,8 @@ impl App {
             threads: config.hash_threads,
             queue_depth: config.hash_queue_depth,
         })?;
-        let (validator, validator_tasks) = Validator::new(
-            Arc::clone(&store),
-            tokens.clone(),
-            CacheConfig {
-                ttl: config.token_cache_ttl,
-                negative_ttl: config.token_negative_cache_ttl,
-                capacity: config.token_cache_capacity,
-            },
-        );
         let settings = Settings::from_config(&config)?;
-        let master = config.load_mfa_key()?;
-        let mfa = MfaSettings {
-            sealer: Sealer::new(&master)?,
-            mailer: Mailer::from_config(&config)?,
-            issuer: config.mfa_issuer.clone(),
-            pending_lifetime: chrono::Duration::from_std(config.mfa_pending_lifetime)?,
-            email_code_lifetime: chrono::Duration::from_std(config.email_code_lifetime)?,
-        };
+        let mailer = Mailer::from_config(&config)?;
         let limits = limit_settings(&config)?;
         let captcha = CaptchaSettings {
             policy: match config.captcha_policy {
@@ -101,12 +83,40 @@ impl App {
             verifier: crate::captcha::Verifier::from_config(&config)?,
         };
         if captcha.policy != CaptchaPolicy::Off && !captcha.verifier.any_enabled() {
-            anyhow::bail!(
+            return Err(crate::config::ConfigError::from_message(format!(
                 "captcha_policy: `{:?}` needs at least one vendor secret (captcha_googlev3_secret, \
                  captcha_hcaptcha_secret or captcha_turnstile_secret)",
                 config.captcha_policy
-            );
+            ))
+            .into());
         }
+        // Boxed: the futures of connecting and migrating are large, and this
+        // one holds the checked settings across them.
+        let database = Box::pin(SqlStore::connect(&config.database_url, config.database_max_connections))
+            .await
+            .context("connecting to the database (database_url)")?;
+        if config.migrate_on_start {
+            Box::pin(database.migrate()).await.context("migrating the database")?;
+        }
+        let store: Arc<dyn Store> = Arc::new(database.clone());
+        let (validator, validator_tasks) = Validator::new(
+            Arc::clone(&store),
+            tokens.clone(),
+            CacheConfig {
+                ttl: config.token_cache_ttl,
+                negative_ttl: config.token_negative_cache_ttl,
+                capacity: config.token_cache_capacity,
+            },
+        );
+        // Made on first start (SQLite), beside the database, once it opened.
+        let master = config.load_mfa_key()?;
+        let mfa = MfaSettings {
+            sealer: Sealer::new(&master)?,
+            mailer,
+            issuer: config.mfa_issuer.clone(),
+            pending_lifetime: chrono::Duration::from_std(config.mfa_pending_lifetime)?,
+            email_code_lifetime: chrono::Duration::from_std(config.email_code_lifetime)?,
+        };
         let pool: metrics::PoolProbe = Arc::new(move || {
             let (open, idle, max) = database.pool_use();
             Some(metrics::PoolUse { open, idle, max })

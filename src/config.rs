@@ -416,8 +416,8 @@ impl Config {
         figment = figment
             .merge(Env::raw().only(&["DATABASE_URL"]))
             .merge(Env::prefixed(ENV_PREFIX).ignore(&ignored));
-        let config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
-        config.check()?;
+        let config: Config = figment.extract().map_err(|e| describe(&e))?;
+        config.check().map_err(|e| e.with_origin(&figment))?;
         Ok(config)
     }
 
@@ -557,35 +557,54 @@ impl Config {
         Ok(())
     }
 
+    /// Checks, without touching the database or creating any file, that a
+    /// master key for secrets at rest can be had: PostgreSQL needs `mfa_key`
+    /// or `mfa_key_file`; a given key must decode; a given file must exist.
+    /// Start-up runs it before connecting, so nothing is migrated first.
+    ///
+    /// # Errors
+    /// What [`Config::load_mfa_key`] would refuse for want of a key.
+    pub fn check_mfa_key(&self) -> Result<(), ConfigError> {
+        if !self.mfa_key.is_empty() {
+            return decode_key("mfa_key", &self.mfa_key).map(drop);
+        }
+        match &self.mfa_key_file {
+            Some(path) if !path.exists() => {
+                Err(ConfigError(format!("mfa_key_file: {} does not exist", resolved(path).display())))
+            }
+            Some(_) => Ok(()),
+            None if self.is_sqlite() => Ok(()),
+            None => Err(ConfigError(
+                "mfa_key: required with PostgreSQL (set PORTCULLIS_MFA_KEY to `openssl rand -base64 32`, \
+                 or mfa_key_file); every replica needs the same key"
+                    .into(),
+            )),
+        }
+    }
+
     /// The master key for secrets at rest: `mfa_key`, else `mfa_key_file`,
-    /// else (SQLite only) a key file beside the database, made on first start
-    /// with owner-only permissions.
+    /// else (SQLite only) a key file beside the database, `<database>.mfa-key`,
+    /// made on first start with owner-only permissions. (Before, the default
+    /// was `<database>.key`, which a TLS key of the same stem could be: such
+    /// an old file is still read, when no new one exists and it holds a
+    /// valid key, with a warning to rename it.)
     ///
     /// # Errors
     /// A malformed key, an unreadable file, or PostgreSQL without a key.
     pub fn load_mfa_key(&self) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
         use base64::Engine as _;
-        let decode = |name: &str, text: &str| {
-            let bytes = zeroize::Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.trim())
-                    .map_err(|_| ConfigError(format!("{name}: not base64")))?,
-            );
-            let mut key = zeroize::Zeroizing::new([0u8; 32]);
-            if bytes.len() != key.len() {
-                return Err(ConfigError(format!(
-                    "{name}: must be 32 bytes (base64 of `openssl rand -base64 32`)"
-                )));
-            }
-            key.copy_from_slice(&bytes);
-            Ok(key)
-        };
         if !self.mfa_key.is_empty() {
-            return decode("mfa_key", &self.mfa_key);
+            return decode_key("mfa_key", &self.mfa_key);
         }
         let path = match (&self.mfa_key_file, self.sqlite_path()) {
             (Some(path), _) => path.clone(),
-            (None, Some(database)) => database.with_extension("key"),
+            (None, Some(database)) => {
+                let path = database.with_extension("mfa-key");
+                if let Some(key) = legacy_key(&database, &path) {
+                    return Ok(key);
+                }
+                path
+            }
             (None, None) if self.is_sqlite() => {
                 tracing::warn!(
                     "in-memory SQLite without mfa_key: secrets at rest use a key that dies with the process"
@@ -603,24 +622,25 @@ impl Config {
                 ));
             }
         };
+        let shown = resolved(&path);
         if path.exists() {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(&path)
-                    .map_err(|e| ConfigError(format!("mfa_key_file {}: {e}", path.display())))?,
+                    .map_err(|e| ConfigError(format!("mfa_key_file: {}: {e}", shown.display())))?,
             );
-            return decode("mfa_key_file", &text);
+            return decode_key(&format!("mfa_key_file: {}", shown.display()), &text);
         }
         if self.mfa_key_file.is_some() {
-            return Err(ConfigError(format!("mfa_key_file {}: does not exist", path.display())));
+            return Err(ConfigError(format!("mfa_key_file: {} does not exist", shown.display())));
         }
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), key.as_mut())
             .map_err(|_| ConfigError("mfa_key: the random source failed".into()))?;
         let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
         write_owner_only(&path, text.as_bytes())
-            .map_err(|e| ConfigError(format!("mfa_key_file {}: cannot create: {e}", path.display())))?;
+            .map_err(|e| ConfigError(format!("mfa_key_file: cannot create {}: {e}", shown.display())))?;
         tracing::warn!(
-            path = %path.display(),
+            path = %shown.display(),
             "generated a new mfa_key beside the SQLite database; back it up with the database \
              (without it, enrolled TOTP secrets cannot be read)"
         );
@@ -749,6 +769,128 @@ impl ConfigError {
     pub fn from_message(message: impl Into<String>) -> Self {
         Self(message.into())
     }
+
+    /// The same error, saying where its setting (the name its message
+    /// starts with) was set: the file or the environment variable.
+    #[must_use]
+    fn with_origin(self, figment: &Figment) -> Self {
+        let Some((name, _)) = self.0.split_once(':') else { return self };
+        let Some(origin) = figment.find_metadata(name).map(|metadata| origin(metadata, name)) else {
+            return self;
+        };
+        match origin {
+            Some(origin) => Self(format!("{} (set in {origin})", self.0)),
+            None => self,
+        }
+    }
+}
+
+/// Where a setting came from, for a person: the environment variable or
+/// the file; `None` for the defaults.
+fn origin(metadata: &figment::Metadata, setting: &str) -> Option<String> {
+    if let Some(figment::Source::File(path)) = &metadata.source {
+        return Some(format!("the file {}", path.display()));
+    }
+    if metadata.name.contains(ENV_PREFIX) {
+        return Some(format!("the variable {ENV_PREFIX}{}", setting.to_uppercase()));
+    }
+    if metadata.name.contains("environment") {
+        return Some(format!("the variable {}", setting.to_uppercase()));
+    }
+    None
+}
+
+/// One line for a value figment could not take: the setting (as written in
+/// a file, never figment's internal profile name), where it was set, what
+/// is wrong, and what is accepted; a near-miss name gets a "did you mean".
+fn describe(err: &figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let setting = err.path.last().map_or_else(String::new, |key| key.to_lowercase());
+    let place = err.metadata.as_ref().and_then(|metadata| origin(metadata, &setting));
+    let place = place.map(|place| format!(" (set in {place})")).unwrap_or_default();
+    let hint = |expected: &str| {
+        if expected.contains("duration") {
+            "; write a duration like 30s, 10m, 24h or 30days".to_owned()
+        } else if expected.contains("socket address") {
+            "; write an address like 127.0.0.1:50051 or 0.0.0.0:50051".to_owned()
+        } else {
+            String::new()
+        }
+    };
+    let message = match &err.kind {
+        Kind::UnknownField(found, known) => {
+            let found = found.to_lowercase();
+            let guess = known
+                .iter()
+                .map(|name| (strsim::damerau_levenshtein(&found, name), *name))
+                .filter(|(distance, name)| *distance <= 2.max(name.len() / 4))
+                .min();
+            let suggestion = match guess {
+                Some((_, name)) => format!("; did you mean `{name}`?"),
+                None => "; the README's Configuration table lists the settings".to_owned(),
+            };
+            return ConfigError(format!("unknown setting `{found}`{place}{suggestion}"));
+        }
+        Kind::UnknownVariant(found, accepted) => {
+            format!("`{found}` is not accepted{place}; use one of: {}", accepted.join(", "))
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("{actual} is not {}{place}{}", article(expected), hint(expected))
+        }
+        Kind::Message(message) => format!("{message}{place}{}", hint(message)),
+        other => format!("{other}{place}"),
+    };
+    if setting.is_empty() { ConfigError(message) } else { ConfigError(format!("{setting}: {message}")) }
+}
+
+/// "a duration", "u32" → "a whole number"; figment's own words otherwise.
+fn article(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".to_owned(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_owned(),
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" | "bool" => "`true` or `false`".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// Decodes a base64 master key; errors name `name` (the setting, and the
+/// file when it came from one).
+fn decode_key(name: &str, text: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
+    use base64::Engine as _;
+    let bytes =
+        zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(
+            |_| ConfigError(format!("{name}: not base64 (a key is the output of `openssl rand -base64 32`)")),
+        )?);
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() != key.len() {
+        return Err(ConfigError(format!("{name}: must be 32 bytes (base64 of `openssl rand -base64 32`)")));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+/// The old default key file, `<database>.key`, when the new one (`path`)
+/// does not exist yet and the old one holds a valid key (a TLS key of the
+/// same stem does not decode, and is left alone).
+fn legacy_key(database: &Path, path: &Path) -> Option<zeroize::Zeroizing<[u8; 32]>> {
+    let legacy = database.with_extension("key");
+    if path.exists() || !legacy.exists() {
+        return None;
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&legacy).ok()?);
+    let key = decode_key("mfa_key_file", &text).ok()?;
+    tracing::warn!(
+        old = %resolved(&legacy).display(),
+        new = %resolved(path).display(),
+        "reading the MFA key from its old default file; rename it to the new default name"
+    );
+    Some(key)
+}
+
+/// `path` made absolute (for messages), as far as that can be said.
+fn resolved(path: &Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Writes a new file readable and writable by its owner only.
@@ -870,7 +1012,7 @@ mod tests {
             }
             jail.create_file("portcullis.toml", "listen_addr = \"0.0.0.0:50051\"\nport = 50051\n")?;
             let err = Config::load(Some(Path::new("portcullis.toml"))).unwrap_err().to_string();
-            assert!(err.contains("unknown field") && err.contains("port"), "{err}");
+            assert!(err.contains("unknown setting `port`") && err.contains("portcullis.toml"), "{err}");
             Ok(())
         });
     }
@@ -896,13 +1038,87 @@ mod tests {
             ..Config::default()
         };
         let first = config.load_mfa_key().unwrap();
-        let file = dir.path().join("p.key");
+        let file = dir.path().join("p.mfa-key");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert_eq!(*config.load_mfa_key().unwrap(), *first, "the same key on the next start");
+    }
+
+    #[test]
+    fn an_old_default_key_file_is_read_only_when_it_holds_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            database_url: format!("sqlite://{}?mode=rwc", dir.path().join("tls.db").display()),
+            ..Config::default()
+        };
+        // A TLS private key beside `tls.db` is not an MFA key: left alone.
+        std::fs::write(dir.path().join("tls.key"), "-----BEGIN PRIVATE KEY-----\nMIIE\n").unwrap();
+        let made = config.load_mfa_key().unwrap();
+        assert!(dir.path().join("tls.mfa-key").exists());
+        assert_eq!(*config.load_mfa_key().unwrap(), *made);
+        // An old default key file from before the rename is still read.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::write(old.path().join("p.key"), "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").unwrap();
+        let config = Config {
+            database_url: format!("sqlite://{}?mode=rwc", old.path().join("p.db").display()),
+            ..Config::default()
+        };
+        assert_eq!(*config.load_mfa_key().unwrap(), [0u8; 32]);
+        assert!(!old.path().join("p.mfa-key").exists(), "no second key is made");
+    }
+
+    #[test]
+    fn a_bad_key_file_is_named_by_its_resolved_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mfa.key");
+        std::fs::write(&file, "not a key at all").unwrap();
+        let config = Config { mfa_key_file: Some(file.clone()), ..Config::default() };
+        let err = config.load_mfa_key().unwrap_err().to_string();
+        assert!(err.contains("mfa_key_file") && err.contains(&file.display().to_string()), "{err}");
+        let missing = Config { mfa_key_file: Some("nowhere/mfa.key".into()), ..Config::default() };
+        let err = missing.check_mfa_key().unwrap_err().to_string();
+        let absolute = std::env::current_dir().unwrap().join("nowhere/mfa.key");
+        assert!(err.contains(&absolute.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn postgres_without_a_key_is_refused_by_the_check_before_the_database() {
+        let config = Config { database_url: "postgres://db/portcullis".into(), ..Config::default() };
+        let err = config.check_mfa_key().unwrap_err().to_string();
+        assert!(err.contains("mfa_key") && err.contains("PostgreSQL"), "{err}");
+        let bad = Config { mfa_key: "c2hvcnQ=".into(), ..config.clone() };
+        assert!(bad.check_mfa_key().is_err());
+        let good = Config { mfa_key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(), ..config };
+        good.check_mfa_key().unwrap();
+        Config::default().check_mfa_key().unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment::Jail's closure returns figment::Error")]
+    fn figment_errors_name_the_setting_not_the_profile_and_guess_near_misses() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "session_lifetime = \"forever\"\n")?;
+            let err = Config::load(Some(Path::new("p.toml"))).unwrap_err().to_string();
+            assert!(!err.contains("default."), "{err}");
+            assert!(
+                err.contains("session_lifetime:") && err.contains("p.toml") && err.contains("24h"),
+                "{err}"
+            );
+            jail.create_file("q.toml", "sesion_lifetime = \"1h\"\n")?;
+            let err = Config::load(Some(Path::new("q.toml"))).unwrap_err().to_string();
+            assert!(err.contains("did you mean `session_lifetime`?"), "{err}");
+            assert!(!err.contains("envoy_key_id_header"), "a typo does not list every setting: {err}");
+            jail.set_env("PORTCULLIS_CAPTCHA_POLICY", "sometimes");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("PORTCULLIS_CAPTCHA_POLICY") && err.contains("off, always, after_failures"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

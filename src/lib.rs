@@ -6,10 +6,11 @@
 //! one error table ([`errors`]) → [`domain`] (the rules, and the seam
 //! `domain::ports` that says what they need of persistence) → [`store`]
 //! (sea-orm, implementing the seam). [`app`] wires them, runs the server and
-//! owns its background tasks; `main` is a thin CLI.
+//! owns its background tasks; [`cli`] is the command line `main` runs.
 
 pub mod app;
 pub mod captcha;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod errors;

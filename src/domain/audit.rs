@@ -20,7 +20,7 @@ pub enum Actor {
     User(UserId),
     /// An API key.
     Key(KeyId),
-    /// The operator, through the command line.
+    /// The operator, through the command line (`system:cli`).
     System,
 }
 
@@ -34,14 +34,14 @@ impl Actor {
         }
     }
 
-    /// As stored: `user:1`, `key:3`, `anonymous`, `system`.
+    /// As stored: `user:1`, `key:3`, `anonymous`, `system:cli`.
     #[must_use]
     pub fn label(self) -> String {
         match self {
             Actor::Anonymous => "anonymous".into(),
             Actor::User(id) => format!("user:{id}"),
             Actor::Key(id) => format!("key:{id}"),
-            Actor::System => "system".into(),
+            Actor::System => "system:cli".into(),
         }
     }
 }

@@ -8,6 +8,32 @@ use super::{
     parse_page_token, scope,
 };
 
+/// Refuses a filter that can match nothing by mistake: an inverted time
+/// range, an outcome or action that no row can carry (naming the valid ones).
+fn check_filter(filter: &AuditFilter) -> Result<()> {
+    if let (Some(start), Some(end)) = (filter.start, filter.end)
+        && start >= end
+    {
+        return Err(Error::invalid("end_time", "must be after start_time"));
+    }
+    if let Some(outcome) = &filter.outcome
+        && outcome != Outcome::Success.as_str()
+        && outcome != Outcome::Failure.as_str()
+    {
+        return Err(Error::invalid("outcome", "must be `success` or `failure`"));
+    }
+    if let Some(action) = &filter.action
+        && Action::parse(action).is_none()
+    {
+        let shown: String = action.chars().take(64).collect();
+        return Err(Error::invalid(
+            "action",
+            format!("unknown action `{shown}`; the actions are: {}", Action::names()),
+        ));
+    }
+    Ok(())
+}
+
 /// Invalid-token counts waiting to be written, by (source, reason).
 #[derive(Debug, Default)]
 pub struct InvalidTokenCounts {
@@ -19,7 +45,8 @@ impl Domain {
     ///
     /// # Errors
     /// `Forbidden` without the audit-read scope; `InvalidArgument` for an
-    /// inverted time range, an unknown outcome or a bad page token.
+    /// inverted time range, an unknown outcome or action, or a bad page
+    /// token.
     pub async fn list_audit_events(
         &self,
         caller: &Principal,
@@ -28,17 +55,21 @@ impl Domain {
         token: &str,
     ) -> Result<Page<AuditRecord>> {
         caller.require(scope::AUDIT_READ)?;
-        if let (Some(start), Some(end)) = (filter.start, filter.end)
-            && start >= end
-        {
-            return Err(Error::invalid("end_time", "must be after start_time"));
-        }
-        if let Some(outcome) = &filter.outcome
-            && outcome != Outcome::Success.as_str()
-            && outcome != Outcome::Failure.as_str()
-        {
-            return Err(Error::invalid("outcome", "must be `success` or `failure`"));
-        }
+        self.list_audit_events_unchecked(filter, requested_page_size, token).await
+    }
+
+    /// Audit events matching `filter`, newest first, with no caller: the
+    /// CLI's `audit list`.
+    ///
+    /// # Errors
+    /// As [`Domain::list_audit_events`], without the scope check.
+    pub async fn list_audit_events_unchecked(
+        &self,
+        filter: AuditFilter,
+        requested_page_size: i32,
+        token: &str,
+    ) -> Result<Page<AuditRecord>> {
+        check_filter(&filter)?;
         let before = parse_page_token(token)?;
         let limit = page_size(requested_page_size, 50, 500);
         let rows = self.store.list_audit(&filter, before, limit + 1).await?;

@@ -215,17 +215,49 @@ impl Domain {
         self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
     }
 
-    /// Revokes a key with no caller: the CLI's.
+    /// Revokes a key with no caller: the CLI's. Revoking a revoked key
+    /// changes nothing.
     ///
     /// # Errors
     /// `NotFound` for an unknown key.
-    pub async fn revoke_key_unchecked(&self, ctx: &Ctx, key_id: KeyId) -> Result<()> {
-        self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))?;
+    pub async fn revoke_key_unchecked(&self, ctx: &Ctx, key_id: KeyId) -> Result<ApiKey> {
+        let key = self.key_unchecked(key_id).await?;
         let now = self.clock.now();
+        if key.is_revoked(now) {
+            return Ok(key);
+        }
         let event = ctx.event(now, Action::KeyRevoked, Outcome::Success, format!("key:{key_id}"));
         self.store.revoke_key(key_id, now, &[event]).await?;
         self.validator.forget_key(key_id).await;
-        Ok(())
+        tracing::info!(key_id = key_id.get(), "api key revoked");
+        self.key_unchecked(key_id).await
+    }
+
+    /// One key, with no caller: the CLI's.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an id that is not positive, `NotFound`.
+    pub async fn key_unchecked(&self, key_id: KeyId) -> Result<ApiKey> {
+        if key_id.get() <= 0 {
+            return Err(Error::invalid("key_id", "must be a positive key id"));
+        }
+        self.store.key(key_id).await?.ok_or(Error::NotFound("api key"))
+    }
+
+    /// Keys of `owner_id`, newest first, with no caller: the CLI's.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad page token.
+    pub async fn list_keys_unchecked(
+        &self,
+        owner_id: UserId,
+        requested: i32,
+        token: &str,
+    ) -> Result<KeyPage> {
+        let before = parse_page_token(token)?.map(KeyId::new);
+        let limit = page_size(requested, 50, 500);
+        let keys = self.store.list_keys(owner_id, before, limit + 1).await?;
+        Ok(Page::from_overfetch(keys, limit, |k: &ApiKey| k.id.get()))
     }
 
     /// Replaces a key; the old one works until `overlap` ends.
@@ -240,9 +272,7 @@ impl Domain {
         key_id: KeyId,
         overlap: chrono::Duration,
     ) -> Result<(IssuedKey, ApiKey)> {
-        if overlap < chrono::Duration::zero() || overlap > MAX_OVERLAP {
-            return Err(Error::invalid("overlap", "must be between 0 and 7 days"));
-        }
+        check_overlap(overlap)?;
         let old = self.visible_key(caller, key_id, scope::KEYS_WRITE).await?;
         for held in &old.scopes {
             if !caller.has_scope(held) {
@@ -254,6 +284,25 @@ impl Domain {
                 });
             }
         }
+        self.rotate(&ctx.acting_as(caller), old, overlap).await
+    }
+
+    /// Replaces a key with no caller: the CLI's `key rotate`.
+    ///
+    /// # Errors
+    /// As [`Domain::rotate_key`], without the permission checks.
+    pub async fn rotate_key_unchecked(
+        &self,
+        ctx: &Ctx,
+        key_id: KeyId,
+        overlap: chrono::Duration,
+    ) -> Result<(IssuedKey, ApiKey)> {
+        check_overlap(overlap)?;
+        let old = self.key_unchecked(key_id).await?;
+        self.rotate(ctx, old, overlap).await
+    }
+
+    async fn rotate(&self, ctx: &Ctx, old: ApiKey, overlap: chrono::Duration) -> Result<(IssuedKey, ApiKey)> {
         let now = self.clock.now();
         if old.is_revoked(now) {
             return Err(Error::invalid("key_id", "the key is revoked; create a new one"));
@@ -270,7 +319,6 @@ impl Domain {
             expires_at: old.expires_at,
             rotated_from_id: Some(old.id),
         };
-        let ctx = ctx.acting_as(caller);
         let audit = |key: &ApiKey| {
             let detail = format!("from key:{} overlap={}s", old.id, overlap.num_seconds());
             vec![
@@ -303,6 +351,13 @@ impl Domain {
             Err(Error::NotFound("api key"))
         }
     }
+}
+
+fn check_overlap(overlap: chrono::Duration) -> Result<()> {
+    if overlap < chrono::Duration::zero() || overlap > MAX_OVERLAP {
+        return Err(Error::invalid("overlap", "must be between 0 and 7 days"));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str, field: &'static str) -> Result<String> {

@@ -142,8 +142,9 @@ impl Domain {
         let decide = |counters: AttemptCounters| {
             policy.lock_until(counters, now).map(|until| Lock {
                 until,
+                // The lock is a refusal: the row is found among the failures.
                 event: ctx
-                    .event(now, Action::AccountLocked, Outcome::Success, subject.clone())
+                    .event(now, Action::AccountLocked, Outcome::Failure, subject.clone())
                     .detail(format!("locked until {}", until.to_rfc3339())),
             })
         };

@@ -18,6 +18,7 @@ mod keys;
 pub mod limits;
 mod login;
 mod mfa;
+mod operator;
 pub mod password;
 pub mod ports;
 pub mod records;

@@ -591,7 +591,10 @@ pub struct Lock {
 
 // === Audit ===
 
-/// What happened.
+/// What happened: the audit log's action catalogue. [`Action::ALL`] is the
+/// one list of the names an audit row can carry (the README lists them);
+/// filters are checked against it, so a misspelt action is refused instead
+/// of matching nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs, reason = "the names say it")]
 pub enum Action {
@@ -622,6 +625,46 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in the order the README lists them.
+    pub const ALL: [Action; 24] = [
+        Action::LoginSucceeded,
+        Action::LoginFailed,
+        Action::LoginPendingMfa,
+        Action::MfaSucceeded,
+        Action::MfaFailed,
+        Action::MfaEnabled,
+        Action::MfaDisabled,
+        Action::RecoveryCodesRegenerated,
+        Action::SessionRefreshed,
+        Action::RefreshReuse,
+        Action::Logout,
+        Action::SessionRevoked,
+        Action::SessionsRevoked,
+        Action::UserCreated,
+        Action::UserUpdated,
+        Action::PasswordChanged,
+        Action::PasswordSet,
+        Action::KeyCreated,
+        Action::KeyUpdated,
+        Action::KeyRotated,
+        Action::KeyRevoked,
+        Action::AccountLocked,
+        Action::CaptchaFailed,
+        Action::InvalidTokens,
+    ];
+
+    /// The action named `name` (exactly as stored), if it is one.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|action| action.as_str() == name)
+    }
+
+    /// Every action's name, comma-separated: for messages that list them.
+    #[must_use]
+    pub fn names() -> String {
+        Self::ALL.map(Action::as_str).join(", ")
+    }
+
     /// As stored and filtered on.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -757,6 +800,16 @@ pub struct AuditFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_action_catalogue_lists_every_action_once() {
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            assert_eq!(Action::ALL.iter().filter(|a| **a == action).count(), 1, "{action:?} twice");
+        }
+        assert_eq!(Action::parse("login.failure"), None);
+        assert!(Action::names().starts_with("login.succeeded, login.failed, "));
+    }
 
     #[test]
     fn email_is_trimmed_and_lower_cased() {

@@ -120,6 +120,14 @@ impl Domain {
         patch: UserPatch,
     ) -> Result<User> {
         caller.require(scope::USERS_WRITE)?;
+        self.update_user_unchecked(&ctx.acting_as(caller), user_id, patch).await
+    }
+
+    /// Changes a user with no caller: the CLI's `user disable|enable|set-role`.
+    ///
+    /// # Errors
+    /// As [`Domain::update_user`], without the scope check.
+    pub async fn update_user_unchecked(&self, ctx: &Ctx, user_id: UserId, patch: UserPatch) -> Result<User> {
         if user_id.get() <= 0 {
             return Err(Error::invalid("user.id", "must be a positive user id"));
         }
@@ -138,7 +146,6 @@ impl Domain {
             changed.push("session_lifetime".to_owned());
         }
         let event = ctx
-            .acting_as(caller)
             .event(now, Action::UserUpdated, Outcome::Success, format!("user:{user_id}"))
             .detail(changed.join(" "));
         // Disabling a user ends its sessions at once.
@@ -212,6 +219,15 @@ impl Domain {
         new: &str,
     ) -> Result<u64> {
         caller.require(scope::USERS_WRITE)?;
+        self.set_password_unchecked(&ctx.acting_as(caller), user_id, new).await
+    }
+
+    /// Sets a user's password with no caller: the CLI's `user set-password`,
+    /// the way back for an admin who lost the only admin password.
+    ///
+    /// # Errors
+    /// As [`Domain::set_password`], without the scope check.
+    pub async fn set_password_unchecked(&self, ctx: &Ctx, user_id: UserId, new: &str) -> Result<u64> {
         if user_id.get() <= 0 {
             return Err(Error::invalid("user_id", "must be a positive user id"));
         }
@@ -225,12 +241,7 @@ impl Domain {
         }
         let hash = self.hasher.hash(new).await?;
         let now = self.clock.now();
-        let event = ctx.acting_as(caller).event(
-            now,
-            Action::PasswordSet,
-            Outcome::Success,
-            format!("user:{user_id}"),
-        );
+        let event = ctx.event(now, Action::PasswordSet, Outcome::Success, format!("user:{user_id}"));
         let revoked = self
             .store
             .set_password(user_id, hash, password_changed(None), now, &[event])

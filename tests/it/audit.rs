@@ -15,6 +15,7 @@ crate::db_tests!(
     a_failed_change_leaves_neither_change_nor_audit_row,
     an_invalid_token_flood_adds_a_bounded_number_of_rows,
     audit_listing_needs_the_scope_filters_and_refuses_bad_input,
+    filtering_on_an_unknown_action_is_refused_naming_the_valid_ones,
 );
 
 /// `message` with `x-request-id: id` (and a bearer when given).
@@ -257,7 +258,7 @@ async fn every_action_writes_one_row_with_the_callers_request_id(backend: Backen
     let lock = rows(&app, &admin, "r-lock-2").await;
     assert_eq!(lock.len(), 2, "{lock:?}");
     assert_one(&lock, "login.failed", "failure");
-    assert_one(&lock, "account.locked", "success");
+    assert_one(&lock, "account.locked", "failure");
     assert_eq!(lock[1].subject, format!("user:{hal_id}"));
     let unknown = rows(&app, &admin, "r-login-unknown").await;
     assert_eq!(unknown[0].subject, "email:nobody@example.com");
@@ -447,5 +448,34 @@ async fn audit_listing_needs_the_scope_filters_and_refuses_bad_input(backend: Ba
     let bad_outcome =
         list(pb::ListAuditEventsRequest { outcome: "maybe".into(), ..Default::default() }).await.unwrap_err();
     assert_invalid(&bad_outcome, "outcome");
+    app.stop().await;
+}
+
+async fn filtering_on_an_unknown_action_is_refused_naming_the_valid_ones(backend: Backend) {
+    let app = TestApp::start(&backend).await;
+    let admin = app.admin_token().await;
+    // Every action of the catalogue is a valid filter.
+    for action in portcullis::domain::Action::ALL {
+        app.audit()
+            .list_audit_events(bearer(
+                &admin,
+                pb::ListAuditEventsRequest { action: action.as_str().into(), ..Default::default() },
+            ))
+            .await
+            .unwrap_or_else(|status| panic!("{action:?} refused: {status:?}"));
+    }
+    // A near miss would silently match nothing: it is refused, with the list.
+    let refused = app
+        .audit()
+        .list_audit_events(bearer(
+            &admin,
+            pb::ListAuditEventsRequest { action: "login.failure".into(), ..Default::default() },
+        ))
+        .await
+        .unwrap_err();
+    assert_invalid(&refused, "action");
+    for named in ["login.failure", "login.succeeded", "login.failed", "account.locked", "token.invalid"] {
+        assert!(refused.message().contains(named), "{named} not in {:?}", refused.message());
+    }
     app.stop().await;
 }
