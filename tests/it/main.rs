@@ -29,4 +29,5 @@ mod properties;
 mod serving;
 mod sessions;
 mod smtp;
+mod store;
 mod tls;
