@@ -144,7 +144,7 @@ struct KnownSession {
     expires_at: DateTime<Utc>,
     /// For a refreshed-away token: the end of its grace.
     previous_valid_until: Option<DateTime<Utc>>,
-    auth_methods: Vec<AuthMethod>,
+    auth_methods: Methods,
     /// Unix seconds of the last-seen time stored or last queued.
     seen: AtomicI64,
 }
@@ -175,7 +175,7 @@ impl KnownSession {
             // A previous token with no grace end recorded is already dead.
             previous_valid_until: matched_previous
                 .then(|| previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC)),
-            auth_methods,
+            auth_methods: Methods::new(auth_methods),
             seen: AtomicI64::new(last_seen_at.timestamp()),
         }
     }
@@ -213,8 +213,37 @@ impl KnownSession {
                 Some(grace_end) => grace_end.min(self.expires_at),
                 None => self.expires_at,
             }),
-            auth_methods: self.auth_methods.clone(),
+            auth_methods: self.auth_methods.to_vec(),
         })
+    }
+}
+
+/// A session's auth methods, in order, held without a heap allocation when
+/// there are at most [`Methods::INLINE`] (a session has one or two): a cached
+/// principal stays small.
+#[derive(Debug)]
+enum Methods {
+    Inline { len: u8, items: [AuthMethod; Methods::INLINE] },
+    Heap(Box<[AuthMethod]>),
+}
+
+impl Methods {
+    const INLINE: usize = 6;
+
+    fn new(methods: Vec<AuthMethod>) -> Self {
+        if methods.len() > Self::INLINE {
+            return Self::Heap(methods.into_boxed_slice());
+        }
+        let mut items = [AuthMethod::Password; Self::INLINE];
+        items[..methods.len()].copy_from_slice(&methods);
+        Self::Inline { len: u8::try_from(methods.len()).unwrap_or(0), items }
+    }
+
+    fn to_vec(&self) -> Vec<AuthMethod> {
+        match self {
+            Self::Inline { len, items } => items[..usize::from(*len)].to_vec(),
+            Self::Heap(items) => items.to_vec(),
+        }
     }
 }
 
@@ -553,5 +582,21 @@ impl RevocationFollower {
     fn forget_everything(&self) {
         self.cache.invalidate_all();
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_keep_their_order_inline_or_not() {
+        let two = vec![AuthMethod::AdminLogin, AuthMethod::Totp];
+        assert!(matches!(Methods::new(two.clone()), Methods::Inline { .. }));
+        assert_eq!(Methods::new(two.clone()).to_vec(), two);
+        assert_eq!(Methods::new(Vec::new()).to_vec(), Vec::new());
+        let many = vec![AuthMethod::Password; Methods::INLINE + 1];
+        assert!(matches!(Methods::new(many.clone()), Methods::Heap(_)));
+        assert_eq!(Methods::new(many.clone()).to_vec(), many);
     }
 }
