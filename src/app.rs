@@ -32,7 +32,7 @@ use crate::{
     mail::Mailer,
     metrics::{self, Metrics},
     request, server,
-    store::SqlStore,
+    store::{PoolSettings, SqlStore},
 };
 
 /// A wired portcullis: the rules over a migrated database.
@@ -45,6 +45,8 @@ pub struct App {
     /// The validator's background work (last-seen writer, revocation
     /// follower), started by `serve`.
     validator_tasks: ValidatorTasks,
+    /// The database's state as calls see it, for health.
+    database_up: tokio::sync::watch::Receiver<bool>,
 }
 
 impl App {
@@ -92,9 +94,16 @@ impl App {
         }
         // Boxed: the futures of connecting and migrating are large, and this
         // one holds the checked settings across them.
-        let database = Box::pin(SqlStore::connect(&config.database_url, config.database_max_connections))
-            .await
-            .context("connecting to the database (database_url)")?;
+        // The error says which database and why, in one line.
+        let database = Box::pin(SqlStore::connect_with(
+            &config.database_url,
+            PoolSettings {
+                max_connections: config.database_max_connections,
+                timeout: config.database_timeout,
+            },
+        ))
+        .await?;
+        let database_up = database.database_up();
         if config.migrate_on_start {
             Box::pin(database.migrate()).await.context("migrating the database")?;
         }
@@ -127,7 +136,7 @@ impl App {
             Domain::new(store, clock, hasher, tokens, validator, settings, mfa, limits, captcha)
                 .with_events(events),
         );
-        Ok(Self { domain, config, metrics, metrics_listener: None, validator_tasks })
+        Ok(Self { domain, config, metrics, metrics_listener: None, validator_tasks, database_up })
     }
 
     /// This server's metrics.
@@ -183,7 +192,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
         force: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let Self { domain, config, metrics, metrics_listener, validator_tasks } = self;
+        let Self { domain, config, metrics, metrics_listener, validator_tasks, database_up } = self;
         // What can fail comes first, before any task is spawned.
         let tls = match (&config.tls_cert_file, &config.tls_key_file) {
             (Some(cert), Some(key)) => {
@@ -243,6 +252,7 @@ impl App {
             health.clone(),
             config.health_probe_interval,
             first,
+            database_up,
             stop_probe.clone(),
         ));
         tasks.spawn(validator_tasks.last_seen.run(stop_background.clone().cancelled_owned()));

@@ -23,6 +23,10 @@ pub struct Config {
     pub database_url: String,
     /// Most database connections held open.
     pub database_max_connections: u32,
+    /// Longest wait for a database connection (and for a new one to open);
+    /// then the call answers UNAVAILABLE. Short, so an outage fails fast.
+    #[serde(with = "humantime_serde")]
+    pub database_timeout: Duration,
     /// Apply pending migrations when `serve` starts (turn off where a job
     /// runs `portcullis migrate` once per release).
     pub migrate_on_start: bool,
@@ -288,6 +292,7 @@ impl Default for Config {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: "sqlite://portcullis.db?mode=rwc".into(),
             database_max_connections: 10,
+            database_timeout: Duration::from_millis(500),
             migrate_on_start: true,
             token_prefix: "pcs".into(),
             session_lifetime: Duration::from_hours(24),
@@ -475,6 +480,10 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return bad("database_max_connections", "must be at least 1");
+        }
+        if self.database_timeout < Duration::from_millis(10) || self.database_timeout > Duration::from_mins(5)
+        {
+            return bad("database_timeout", "must be between 10ms and 5m");
         }
         if self.mfa_pending_lifetime < Duration::from_secs(30)
             || self.mfa_pending_lifetime > Duration::from_hours(1)

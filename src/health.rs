@@ -5,6 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -56,22 +57,39 @@ pub async fn probe_once(
     status
 }
 
-/// Probes the database every `every` until `stop` is cancelled.
+/// Probes the database every `every` until `stop` is cancelled; and
+/// between probes follows `database_up` (what calls to the database find),
+/// so the first failing call turns health NOT_SERVING at once, and an answer
+/// turns it back.
 pub async fn probe(
     domain: Arc<Domain>,
     health: HealthReporter,
     every: Duration,
     first: ServingStatus,
+    mut database_up: watch::Receiver<bool>,
     stop: CancellationToken,
 ) {
     let mut last = Some(first);
     let mut interval = tokio::time::interval(every);
     interval.tick().await;
+    let mut following = true;
     loop {
         tokio::select! {
+            biased;
             () = stop.cancelled() => return,
-            _ = interval.tick() => {}
+            changed = database_up.changed(), if following => {
+                if changed.is_err() {
+                    following = false;
+                    continue;
+                }
+                let status =
+                    if *database_up.borrow_and_update() { ServingStatus::Serving } else { ServingStatus::NotServing };
+                if last != Some(status) {
+                    set_all(&health, status).await;
+                    last = Some(status);
+                }
+            }
+            _ = interval.tick() => last = Some(probe_once(&domain, &health, last).await),
         }
-        last = Some(probe_once(&domain, &health, last).await);
     }
 }

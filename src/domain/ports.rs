@@ -32,9 +32,9 @@ use super::{
     error::Result,
     ids::{KeyId, SessionId, UserId},
     records::{
-        ApiKey, AttemptCounters, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email, EmailCode, Lock,
-        NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session, SessionMatch, StoredTotp, TokenHash,
-        User, UserPatch,
+        ApiKey, AttemptCounters, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email, EmailCode,
+        KeyCredential, Lock, NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session,
+        SessionCredential, SessionMatch, StoredTotp, TokenHash, User, UserPatch,
     },
 };
 
@@ -131,6 +131,11 @@ pub trait SessionStore: Send + Sync {
     /// user. One indexed read: the validator's cache miss.
     async fn session_by_hash(&self, hash: &TokenHash) -> Result<Option<SessionMatch>>;
 
+    /// What validation needs of the session whose current or previous token
+    /// hash is `hash`: one indexed read of the few columns a cache entry
+    /// holds (never the password hash). The validator's cache miss.
+    async fn session_credential(&self, hash: &TokenHash) -> Result<Option<SessionCredential>>;
+
     /// Applies `rotation` if the session is active and its current token is
     /// still the one expected (compare-and-set), with `events` in the same
     /// transaction. Returns whether it was applied.
@@ -169,7 +174,8 @@ pub trait SessionStore: Send + Sync {
         limit: u64,
     ) -> Result<Vec<Session>>;
 
-    /// Records last-seen times; an earlier time never replaces a later one.
+    /// Records last-seen times, in one statement; an earlier time never
+    /// replaces a later one.
     async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()>;
 }
 
@@ -185,6 +191,11 @@ pub trait KeyStore: Send + Sync {
     /// The key whose hash is `hash`, with its owner. One indexed read: the
     /// validator's cache miss.
     async fn key_by_hash(&self, hash: &TokenHash) -> Result<Option<(ApiKey, User)>>;
+
+    /// What validation needs of the key whose hash is `hash`: one indexed
+    /// read of the few columns a cache entry holds. The validator's cache
+    /// miss.
+    async fn key_credential(&self, hash: &TokenHash) -> Result<Option<KeyCredential>>;
 
     /// Keys of `owner_id`, newest first, before `before`, at most `limit`.
     async fn list_keys(&self, owner_id: UserId, before: Option<KeyId>, limit: u64) -> Result<Vec<ApiKey>>;
@@ -216,7 +227,8 @@ pub trait KeyStore: Send + Sync {
         audit: AuditFor<'_, ApiKey>,
     ) -> Result<Option<(ApiKey, ApiKey)>>;
 
-    /// Records last-used times; an earlier time never replaces a later one.
+    /// Records last-used times, in one statement; an earlier time never
+    /// replaces a later one.
     async fn touch_keys(&self, used: &[(KeyId, DateTime<Utc>)]) -> Result<()>;
 }
 

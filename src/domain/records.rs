@@ -421,6 +421,59 @@ pub struct SessionMatch {
     pub current_hash: TokenHash,
 }
 
+/// What validating a session token needs, read on a cache miss: the
+/// session's state and times and its user's identity, nothing more (no
+/// password hash, no client fields).
+#[derive(Clone, Debug)]
+pub struct SessionCredential {
+    /// The session.
+    pub session_id: SessionId,
+    /// Its user.
+    pub user_id: UserId,
+    /// The user's email.
+    pub email: Email,
+    /// The user's role.
+    pub role: Role,
+    /// Whether the user is disabled.
+    pub user_disabled: bool,
+    /// The session's state.
+    pub state: SessionState,
+    /// When the session expires.
+    pub expires_at: DateTime<Utc>,
+    /// End of the refreshed-away token's grace, if any.
+    pub previous_valid_until: Option<DateTime<Utc>>,
+    /// True when the hash was the previous (refreshed-away) token's.
+    pub matched_previous: bool,
+    /// How the session was authenticated.
+    pub auth_methods: Vec<AuthMethod>,
+    /// Last-seen time as stored.
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// What validating an API key needs, read on a cache miss: the key's scopes
+/// and times and its owner's identity.
+#[derive(Clone, Debug)]
+pub struct KeyCredential {
+    /// The key.
+    pub key_id: KeyId,
+    /// Its owner.
+    pub owner_id: UserId,
+    /// The owner's email.
+    pub email: Email,
+    /// The owner's role.
+    pub role: Role,
+    /// Whether the owner is disabled.
+    pub owner_disabled: bool,
+    /// Scopes held.
+    pub scopes: Vec<String>,
+    /// Expiry, if any.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Revoked at, or stops at after a rotation's overlap.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Last-used time as stored.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
 /// A token rotation to apply if the session still has `expected` as its
 /// current token.
 pub struct Rotation {

@@ -19,7 +19,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -29,16 +29,16 @@ use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
 
 use super::{
-    ApiKey, AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
-    SessionState, User, UserId,
+    AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
+    SessionState, UserId,
     ports::Store,
-    records::{SessionMatch, TokenHash},
+    records::{KeyCredential, SessionCredential, TokenHash},
     scope,
     token::{TokenFormat, TokenKind},
 };
 
-/// How often, at most, one session's last-seen time is written.
-const SEEN_INTERVAL: Duration = Duration::from_mins(1);
+/// How often, at most, one session's last-seen time is written (seconds).
+const SEEN_INTERVAL_SECS: i64 = 60;
 /// Last-seen updates waiting to be written; more are dropped (they are
 /// advisory, and dropping never blocks validation).
 const SEEN_QUEUE: usize = 4096;
@@ -60,39 +60,72 @@ impl Entry {
     fn user_id(&self) -> Option<UserId> {
         match self {
             Entry::Session(known) => Some(known.user_id),
-            Entry::Key(known) => Some(known.owner.id),
+            Entry::Key(known) => Some(known.owner_id),
             Entry::Unknown => None,
         }
     }
 }
 
-/// The facts needed to answer for an API key without the database.
+/// The facts needed to answer for an API key without the database, and
+/// when its last-used time was last recorded: one cache entry holds both.
 #[derive(Debug)]
 struct KnownKey {
-    key: ApiKey,
-    owner: User,
+    key_id: KeyId,
+    owner_id: UserId,
+    email: Email,
+    role: Role,
+    disabled: bool,
+    scopes: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    /// Unix seconds of the last-used time stored or last queued.
+    seen: AtomicI64,
 }
 
 impl KnownKey {
+    fn from_credential(found: KeyCredential) -> Self {
+        let KeyCredential {
+            key_id,
+            owner_id,
+            email,
+            role,
+            owner_disabled,
+            scopes,
+            expires_at,
+            revoked_at,
+            last_used_at,
+        } = found;
+        Self {
+            key_id,
+            owner_id,
+            email,
+            role,
+            disabled: owner_disabled,
+            scopes,
+            expires_at,
+            revoked_at,
+            seen: AtomicI64::new(last_used_at.map_or(i64::MIN, |at| at.timestamp())),
+        }
+    }
+
     /// The principal, if the key is usable at `now`.
     fn check(&self, now: DateTime<Utc>) -> Result<Principal> {
-        let Self { key, owner } = self;
-        if owner.disabled || key.is_revoked(now) {
+        if self.disabled || self.revoked_at.is_some_and(|at| now >= at) {
             return Err(AuthFailure::InvalidToken.into());
         }
-        if key.expires_at.is_some_and(|at| now >= at) {
+        if self.expires_at.is_some_and(|at| now >= at) {
             return Err(AuthFailure::Expired.into());
         }
-        let stops_at = match (key.expires_at, key.revoked_at) {
+        let stops_at = match (self.expires_at, self.revoked_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         Ok(Principal {
-            credential: CredentialId::ApiKey(key.id),
-            user_id: owner.id,
-            email: owner.email.clone(),
-            role: owner.role,
-            scopes: key.scopes.clone(),
+            credential: CredentialId::ApiKey(self.key_id),
+            user_id: self.owner_id,
+            email: self.email.clone(),
+            role: self.role,
+            scopes: self.scopes.clone(),
             expires_at: stops_at,
             auth_methods: Vec::new(),
         })
@@ -111,24 +144,39 @@ struct KnownSession {
     expires_at: DateTime<Utc>,
     /// For a refreshed-away token: the end of its grace.
     previous_valid_until: Option<DateTime<Utc>>,
-    auth_methods: Vec<AuthMethod>,
+    auth_methods: Methods,
+    /// Unix seconds of the last-seen time stored or last queued.
+    seen: AtomicI64,
 }
 
 impl KnownSession {
-    fn from_match(found: SessionMatch) -> Self {
-        let SessionMatch { session, user, matched_previous, current_hash: _ } = found;
+    fn from_credential(found: SessionCredential) -> Self {
+        let SessionCredential {
+            session_id,
+            user_id,
+            email,
+            role,
+            user_disabled,
+            state,
+            expires_at,
+            previous_valid_until,
+            matched_previous,
+            auth_methods,
+            last_seen_at,
+        } = found;
         Self {
-            session_id: session.id,
-            user_id: user.id,
-            email: user.email,
-            role: user.role,
-            disabled: user.disabled,
-            state: session.state,
-            expires_at: session.expires_at,
+            session_id,
+            user_id,
+            email,
+            role,
+            disabled: user_disabled,
+            state,
+            expires_at,
             // A previous token with no grace end recorded is already dead.
             previous_valid_until: matched_previous
-                .then(|| session.previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC)),
-            auth_methods: session.auth_methods,
+                .then(|| previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC)),
+            auth_methods: Methods::new(auth_methods),
+            seen: AtomicI64::new(last_seen_at.timestamp()),
         }
     }
 
@@ -165,8 +213,37 @@ impl KnownSession {
                 Some(grace_end) => grace_end.min(self.expires_at),
                 None => self.expires_at,
             }),
-            auth_methods: self.auth_methods.clone(),
+            auth_methods: self.auth_methods.to_vec(),
         })
+    }
+}
+
+/// A session's auth methods, in order, held without a heap allocation when
+/// there are at most [`Methods::INLINE`] (a session has one or two): a cached
+/// principal stays small.
+#[derive(Debug)]
+enum Methods {
+    Inline { len: u8, items: [AuthMethod; Methods::INLINE] },
+    Heap(Box<[AuthMethod]>),
+}
+
+impl Methods {
+    const INLINE: usize = 6;
+
+    fn new(methods: Vec<AuthMethod>) -> Self {
+        if methods.len() > Self::INLINE {
+            return Self::Heap(methods.into_boxed_slice());
+        }
+        let mut items = [AuthMethod::Password; Self::INLINE];
+        items[..methods.len()].copy_from_slice(&methods);
+        Self::Inline { len: u8::try_from(methods.len()).unwrap_or(0), items }
+    }
+
+    fn to_vec(&self) -> Vec<AuthMethod> {
+        match self {
+            Self::Inline { len, items } => items[..usize::from(*len)].to_vec(),
+            Self::Heap(items) => items.to_vec(),
+        }
     }
 }
 
@@ -203,7 +280,6 @@ pub struct Validator {
     tokens: TokenFormat,
     cache: Cache<TokenHash, Entry>,
     epoch: Arc<AtomicU64>,
-    seen: Cache<CredentialId, ()>,
     seen_tx: mpsc::Sender<(CredentialId, DateTime<Utc>)>,
     lookups: AtomicU64,
 }
@@ -227,15 +303,7 @@ impl Validator {
                 epoch: Arc::clone(&epoch),
             }),
         };
-        let validator = Self {
-            store,
-            tokens,
-            cache,
-            epoch,
-            seen: Cache::builder().max_capacity(config.capacity).time_to_live(SEEN_INTERVAL).build(),
-            seen_tx,
-            lookups: AtomicU64::new(0),
-        };
+        let validator = Self { store, tokens, cache, epoch, seen_tx, lookups: AtomicU64::new(0) };
         (validator, tasks)
     }
 
@@ -250,15 +318,16 @@ impl Validator {
             scope::check_syntax(wanted).map_err(|why| Error::invalid("required_scopes", why))?;
         }
         let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
-        let principal = match self.lookup(parsed.hash, parsed.kind).await? {
-            Entry::Session(known) => known.check(parsed.kind, now)?,
-            Entry::Key(known) => known.check(now)?,
+        let entry = self.lookup(parsed.hash, parsed.kind).await?;
+        let (principal, seen) = match &entry {
+            Entry::Session(known) => (known.check(parsed.kind, now)?, &known.seen),
+            Entry::Key(known) => (known.check(now)?, &known.seen),
             Entry::Unknown => return Err(AuthFailure::InvalidToken.into()),
         };
         if let Some(missing) = scope::first_missing(&principal.scopes, required) {
             return Err(Error::missing_scope(missing));
         }
-        self.record_seen(principal.credential, now);
+        self.record_seen(principal.credential, seen, now);
         Ok(principal)
     }
 
@@ -303,12 +372,12 @@ impl Validator {
         let epoch = self.epoch.load(Ordering::Acquire);
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let entry = match kind {
-            TokenKind::Session | TokenKind::MfaPending => match self.store.session_by_hash(&hash).await? {
-                Some(found) => Entry::Session(Arc::new(KnownSession::from_match(found))),
+            TokenKind::Session | TokenKind::MfaPending => match self.store.session_credential(&hash).await? {
+                Some(found) => Entry::Session(Arc::new(KnownSession::from_credential(found))),
                 None => Entry::Unknown,
             },
-            TokenKind::LiveKey | TokenKind::TestKey => match self.store.key_by_hash(&hash).await? {
-                Some((key, owner)) => Entry::Key(Arc::new(KnownKey { key, owner })),
+            TokenKind::LiveKey | TokenKind::TestKey => match self.store.key_credential(&hash).await? {
+                Some(found) => Entry::Key(Arc::new(KnownKey::from_credential(found))),
                 None => Entry::Unknown,
             },
         };
@@ -320,11 +389,17 @@ impl Validator {
         Ok(entry)
     }
 
-    fn record_seen(&self, credential: CredentialId, now: DateTime<Utc>) {
-        if self.seen.contains_key(&credential) {
+    /// Queues a last-seen write when the one stored (or last queued) is a
+    /// minute old: the cache entry itself remembers it, so there is no
+    /// second cache, and a fresh entry starts from the stored time.
+    fn record_seen(&self, credential: CredentialId, seen: &AtomicI64, now: DateTime<Utc>) {
+        let at = now.timestamp();
+        let last = seen.load(Ordering::Relaxed);
+        if at.saturating_sub(last) < SEEN_INTERVAL_SECS
+            || seen.compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
             return;
         }
-        self.seen.insert(credential, ());
         // Dropped when the writer is behind: last-seen is advisory.
         let _ = self.seen_tx.try_send((credential, now));
     }
@@ -340,8 +415,8 @@ pub struct ValidatorTasks {
     pub revocations: Option<RevocationFollower>,
 }
 
-/// Writes session last-seen and key last-used times in batches, one flush
-/// per batch of at most 64.
+/// Writes session last-seen and key last-used times in batches of at most
+/// 64: one statement per table per batch.
 pub struct LastSeenWriter {
     store: Arc<dyn Store>,
     queue: mpsc::Receiver<(CredentialId, DateTime<Utc>)>,
@@ -430,7 +505,7 @@ impl std::str::FromStr for Forget {
 fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget) {
     let predicate = move |_: &TokenHash, entry: &Entry| match what {
         Forget::Session(id) => matches!(entry, Entry::Session(known) if known.session_id == id),
-        Forget::Key(id) => matches!(entry, Entry::Key(known) if known.key.id == id),
+        Forget::Key(id) => matches!(entry, Entry::Key(known) if known.key_id == id),
         Forget::User(id) => entry.user_id() == Some(id),
     };
     if cache.invalidate_entries_if(predicate).is_err() {
@@ -443,7 +518,10 @@ fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget)
 
 /// Applies other replicas' revocations (PostgreSQL LISTEN/NOTIFY) to this
 /// replica's cache. While the listening connection is down, announcements
-/// may be missed: the whole cache is dropped on reconnecting.
+/// may be missed: the whole cache is dropped once listening again. Not
+/// before: while the database is down nothing can be revoked, and cached
+/// tokens keep validating until their entries expire (`token_cache_ttl`),
+/// the bound on staleness when an announcement is lost anyway.
 pub struct RevocationFollower {
     store: Arc<dyn Store>,
     cache: Cache<TokenHash, Entry>,
@@ -460,15 +538,21 @@ impl RevocationFollower {
     }
 
     async fn follow(&self) {
+        // Whether announcements may have been missed since the last listener.
+        let mut missed = false;
         loop {
             let mut listener = match self.store.revocation_listener().await {
                 Ok(listener) => listener,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot listen for revocations; retrying");
+                    missed = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             };
+            if std::mem::take(&mut missed) {
+                self.forget_everything();
+            }
             loop {
                 match listener.next().await {
                     Ok(Some(payload)) => {
@@ -479,19 +563,40 @@ impl RevocationFollower {
                         }
                     }
                     Ok(None) => {
-                        // Reconnected: something may have been missed.
-                        self.cache.invalidate_all();
-                        self.epoch.fetch_add(1, Ordering::AcqRel);
+                        // The connection was lost: listen again on a new one
+                        // and forget everything once it listens.
+                        missed = true;
+                        break;
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "revocation listener failed; reconnecting");
-                        self.cache.invalidate_all();
-                        self.epoch.fetch_add(1, Ordering::AcqRel);
+                        missed = true;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }
                 }
             }
         }
+    }
+
+    fn forget_everything(&self) {
+        self.cache.invalidate_all();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_keep_their_order_inline_or_not() {
+        let two = vec![AuthMethod::AdminLogin, AuthMethod::Totp];
+        assert!(matches!(Methods::new(two.clone()), Methods::Inline { .. }));
+        assert_eq!(Methods::new(two.clone()).to_vec(), two);
+        assert_eq!(Methods::new(Vec::new()).to_vec(), Vec::new());
+        let many = vec![AuthMethod::Password; Methods::INLINE + 1];
+        assert!(matches!(Methods::new(many.clone()), Methods::Heap(_)));
+        assert_eq!(Methods::new(many.clone()).to_vec(), many);
     }
 }

@@ -4,19 +4,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::Expr,
+    sea_query::Expr, sqlx,
 };
 
 use super::{
-    SqlStore, audit, conflict_or_unavailable,
+    Pool, SqlStore, audit, conflict_or_unavailable,
     entity::{api_keys, users},
+    sessions::{latest_per_id, values_list},
     unavailable,
 };
 use crate::domain::{
     error::{Error, Result},
     ids::{KeyId, UserId},
     ports::{AuditFor, KeyStore},
-    records::{ApiKey, AuditEvent, KeyEnvironment, NewKey, TokenHash, User},
+    records::{ApiKey, AuditEvent, Email, KeyCredential, KeyEnvironment, NewKey, Role, TokenHash, User},
 };
 
 impl TryFrom<api_keys::Model> for ApiKey {
@@ -201,21 +202,88 @@ impl KeyStore for SqlStore {
         Ok(Some((created, old)))
     }
 
-    /// Records last-used times (coarse; written in batches off the hot path).
+    /// Records last-used times (coarse; written in batches off the hot
+    /// path), in one statement.
     async fn touch_keys(&self, used: &[(KeyId, DateTime<Utc>)]) -> Result<()> {
-        for (id, at) in used {
-            api_keys::Entity::update_many()
-                .col_expr(api_keys::Column::LastUsedAt, Expr::value(Some(*at)))
-                .filter(api_keys::Column::Id.eq(id.get()))
-                .filter(
-                    sea_orm::Condition::any()
-                        .add(api_keys::Column::LastUsedAt.is_null())
-                        .add(api_keys::Column::LastUsedAt.lt(*at)),
+        let latest = latest_per_id(used.iter().map(|(id, at)| (id.get(), *at)));
+        if latest.is_empty() {
+            return Ok(());
+        }
+        match self.pool() {
+            Pool::Postgres(pool) => {
+                let (ids, times): (Vec<i64>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+                let update = sqlx::query(
+                    "UPDATE api_keys AS k SET last_used_at = v.at \
+                     FROM UNNEST($1::int8[], $2::timestamptz[]) AS v(id, at) \
+                     WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)",
                 )
-                .exec(&self.db)
-                .await
-                .map_err(unavailable)?;
+                .bind(ids)
+                .bind(times);
+                self.gated(update.execute(pool)).await?;
+            }
+            Pool::Sqlite(pool) => {
+                let sql = format!(
+                    "UPDATE api_keys SET last_used_at = v.at \
+                     FROM (SELECT column1 AS id, column2 AS at FROM (VALUES {})) AS v \
+                     WHERE api_keys.id = v.id \
+                     AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < v.at)",
+                    values_list(latest.len())
+                );
+                // Only placeholders are formatted into the text.
+                let mut update = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, at) in latest {
+                    update = update.bind(id).bind(at);
+                }
+                self.gated(update.execute(pool)).await?;
+            }
         }
         Ok(())
+    }
+
+    /// The few columns a validator's cache entry needs, in one prepared
+    /// (and per connection cached) statement.
+    async fn key_credential(&self, hash: &TokenHash) -> Result<Option<KeyCredential>> {
+        type Row = (
+            i64,
+            i64,
+            String,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            String,
+            String,
+            bool,
+        );
+        const COLUMNS: &str = "SELECT k.id, k.owner_id, k.scopes, k.expires_at, k.revoked_at, k.last_used_at, \
+             u.email, u.role, u.disabled \
+             FROM api_keys k JOIN users u ON u.id = k.owner_id WHERE k.key_hash = {h}";
+        static POSTGRES: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "$1"));
+        static SQLITE: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "?1"));
+        let hash = hash.0.as_slice();
+        let row: Option<Row> = match self.pool() {
+            Pool::Postgres(pool) => {
+                self.gated(sqlx::query_as(POSTGRES.as_str()).bind(hash).fetch_optional(pool)).await?
+            }
+            Pool::Sqlite(pool) => {
+                self.gated(sqlx::query_as(SQLITE.as_str()).bind(hash).fetch_optional(pool)).await?
+            }
+        };
+        let Some((id, owner_id, scopes, expires_at, revoked_at, last_used_at, email, role, disabled)) = row
+        else {
+            return Ok(None);
+        };
+        Ok(Some(KeyCredential {
+            key_id: KeyId::new(id),
+            owner_id: UserId::new(owner_id),
+            email: Email::from_stored(email),
+            role: Role::from_stored(&role)?,
+            owner_disabled: disabled,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+            expires_at,
+            revoked_at,
+            last_used_at,
+        }))
     }
 }

@@ -12,6 +12,8 @@
 //! (`error`).
 
 mod audit;
+pub mod breaker;
+mod connect;
 mod entity;
 mod keys;
 mod limits;
@@ -19,12 +21,14 @@ mod mfa;
 mod sessions;
 mod users;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, SqlErr};
 
+use self::breaker::{Breaker, Gated};
+pub use self::connect::{ConnectError, PoolSettings};
 use crate::domain::{
     error::{Error, Result},
     ports::{RevocationListener, Store},
@@ -33,37 +37,57 @@ use crate::domain::{
 /// The database, behind the queries portcullis needs.
 #[derive(Clone, Debug)]
 pub struct SqlStore {
-    db: DatabaseConnection,
+    /// Every statement goes through the circuit breaker.
+    db: Gated,
+    /// How long a call waits for a connection (and the health ping for an
+    /// answer).
+    timeout: Duration,
 }
 
 impl SqlStore {
     /// Connects to `url` (SQLite or PostgreSQL) with a pool of at most
-    /// `max_connections`.
+    /// `max_connections` and the default `database_timeout` (500 ms).
     ///
     /// # Errors
-    /// The database cannot be reached or the URL is not understood.
-    pub async fn connect(url: &str, max_connections: u32) -> std::result::Result<Self, DbErr> {
-        let mut options = ConnectOptions::new(url.to_owned());
-        options
-            .max_connections(max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(5))
-            .acquire_timeout(Duration::from_secs(5))
-            .sqlx_logging(false);
-        let db = Database::connect(options).await?;
-        if url.starts_with("sqlite:") {
-            // WAL lets readers (ValidateToken) proceed while a login writes.
-            db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-        }
-        Ok(Self { db })
+    /// As [`SqlStore::connect_with`].
+    pub async fn connect(url: &str, max_connections: u32) -> std::result::Result<Self, ConnectError> {
+        Self::connect_with(url, PoolSettings { max_connections, ..PoolSettings::default() }).await
     }
 
-    /// Applies every pending migration.
+    /// Connects to `url` (SQLite or PostgreSQL) with `settings`.
+    ///
+    /// # Errors
+    /// The URL is not understood or the database cannot be reached; the
+    /// message says why in one line (refused, no such database,
+    /// authentication failed, cannot open the file).
+    pub async fn connect_with(url: &str, settings: PoolSettings) -> std::result::Result<Self, ConnectError> {
+        let inner = connect::open(url, settings).await?;
+        Ok(Self { db: Gated { inner, breaker: Arc::new(Breaker::default()) }, timeout: settings.timeout })
+    }
+
+    /// The connection without the breaker (start-up, migrations, pools).
+    fn raw(&self) -> &DatabaseConnection {
+        &self.db.inner
+    }
+
+    /// Follows the database's state as calls and the health ping see it:
+    /// `true` while it answers.
+    #[must_use]
+    pub fn database_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.db.breaker.subscribe()
+    }
+
+    /// Applies every pending migration. On PostgreSQL under an advisory lock,
+    /// so replicas or Jobs starting at once migrate one after the other (the
+    /// later ones find nothing to do).
     ///
     /// # Errors
     /// A migration failed; nothing of it was applied on PostgreSQL.
     pub async fn migrate(&self) -> std::result::Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        if self.raw().get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Migrator::up(self.raw(), None).await;
+        }
+        connect::with_migration_lock(self.raw(), Migrator::up(self.raw(), None)).await
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock at once
@@ -71,21 +95,44 @@ impl SqlStore {
     /// busy timeout) instead of failing when one upgrades a read to a write.
     pub(crate) async fn begin(&self) -> Result<sea_orm::DatabaseTransaction> {
         use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait as _};
-        self.db
+        self.db.breaker.admit().map_err(unavailable)?;
+        let begun = self
+            .raw()
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..TransactionOptions::default()
             })
-            .await
-            .map_err(unavailable)
+            .await;
+        self.db.breaker.record(&begun);
+        begun.map_err(unavailable)
+    }
+
+    /// Runs a query written for sqlx directly (the validator's hot path)
+    /// through the breaker, as [`Gated`] runs sea-orm's.
+    pub(crate) async fn gated<T>(
+        &self,
+        call: impl Future<Output = std::result::Result<T, sea_orm::sqlx::Error>>,
+    ) -> Result<T> {
+        self.db.breaker.admit().map_err(unavailable)?;
+        let result = call.await.map_err(|e| DbErr::Query(sea_orm::RuntimeErr::SqlxError(Arc::new(e))));
+        self.db.breaker.record(&result);
+        result.map_err(unavailable)
+    }
+
+    /// The backend's pool, for queries written for sqlx.
+    pub(crate) fn pool(&self) -> Pool<'_> {
+        match self.raw().get_database_backend() {
+            sea_orm::DbBackend::Postgres => Pool::Postgres(self.raw().get_postgres_connection_pool()),
+            _ => Pool::Sqlite(self.raw().get_sqlite_connection_pool()),
+        }
     }
 
     /// The connection pool's use: (open, idle, most), for metrics.
     #[must_use]
     pub fn pool_use(&self) -> (u32, u32, u32) {
-        match self.db.get_database_backend() {
+        match self.raw().get_database_backend() {
             sea_orm::DbBackend::Sqlite => {
-                let pool = self.db.get_sqlite_connection_pool();
+                let pool = self.raw().get_sqlite_connection_pool();
                 (
                     pool.size(),
                     u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
@@ -93,7 +140,7 @@ impl SqlStore {
                 )
             }
             sea_orm::DbBackend::Postgres => {
-                let pool = self.db.get_postgres_connection_pool();
+                let pool = self.raw().get_postgres_connection_pool();
                 (
                     pool.size(),
                     u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
@@ -106,19 +153,29 @@ impl SqlStore {
 
     /// Closes the pool.
     pub async fn close(self) {
-        let _ = self.db.close().await;
+        let _ = self.db.inner.close().await;
     }
 }
 
 #[async_trait]
 impl Store for SqlStore {
+    /// The health probe: always asks the database (also while the breaker
+    /// is open), within `database_timeout`, and tells the breaker.
     async fn ping(&self) -> Result<()> {
-        self.db.ping().await.map_err(unavailable)
+        let answered = match tokio::time::timeout(self.timeout, self.raw().ping()).await {
+            Ok(answered) => answered,
+            Err(_) => Err(DbErr::Custom(format!("no answer within {} ms", self.timeout.as_millis()))),
+        };
+        match &answered {
+            Ok(()) => self.db.breaker.close(),
+            Err(err) => self.db.breaker.trip(err),
+        }
+        answered.map_err(unavailable)
     }
 
     /// True on PostgreSQL: replicas share revocations by `NOTIFY`.
     fn is_shared(&self) -> bool {
-        self.db.get_database_backend() == sea_orm::DbBackend::Postgres
+        self.raw().get_database_backend() == sea_orm::DbBackend::Postgres
     }
 
     async fn announce_revocation(&self, what: &str) -> Result<()> {
@@ -133,13 +190,19 @@ impl Store for SqlStore {
 
     /// PostgreSQL only: `LISTEN` on a connection of its own.
     async fn revocation_listener(&self) -> Result<Box<dyn RevocationListener>> {
-        let pool = self.db.get_postgres_connection_pool();
+        let pool = self.raw().get_postgres_connection_pool();
         let mut listener = sea_orm::sqlx::postgres::PgListener::connect_with(pool)
             .await
             .map_err(|e| Error::Unavailable(Box::new(e)))?;
         listener.listen(REVOCATION_CHANNEL).await.map_err(|e| Error::Unavailable(Box::new(e)))?;
         Ok(Box::new(PgRevocations(listener)))
     }
+}
+
+/// A backend's sqlx pool.
+pub(crate) enum Pool<'a> {
+    Sqlite(&'a sea_orm::sqlx::SqlitePool),
+    Postgres(&'a sea_orm::sqlx::PgPool),
 }
 
 /// The NOTIFY channel of revocations.

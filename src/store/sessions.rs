@@ -4,11 +4,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    QueryOrder, QuerySelect, sea_query::Expr, sqlx,
 };
 
 use super::{
-    SqlStore, audit, conflict_or_unavailable,
+    Pool, SqlStore, audit, conflict_or_unavailable,
     entity::{sessions, users},
     unavailable,
 };
@@ -17,8 +17,8 @@ use crate::domain::{
     ids::{SessionId, UserId},
     ports::{AuditFor, SessionStore},
     records::{
-        AuditEvent, AuthMethod, ClientInfo, NewSession, RevokeSessions, Rotation, Session, SessionMatch,
-        SessionState, TokenHash,
+        AuditEvent, AuthMethod, ClientInfo, Email, NewSession, RevokeSessions, Role, Rotation, Session,
+        SessionCredential, SessionMatch, SessionState, TokenHash,
     },
 };
 
@@ -217,19 +217,130 @@ impl SessionStore for SqlStore {
         query.all(&self.db).await.map_err(unavailable)?.into_iter().map(Session::try_from).collect()
     }
 
-    /// Records last-seen times (coarse; written in batches off the hot path).
+    /// Records last-seen times (coarse; written in batches off the hot
+    /// path), in one statement.
     async fn touch_sessions(&self, seen: &[(SessionId, DateTime<Utc>)]) -> Result<()> {
-        for (id, at) in seen {
-            sessions::Entity::update_many()
-                .col_expr(sessions::Column::LastSeenAt, Expr::value(*at))
-                .filter(sessions::Column::Id.eq(id.get()))
-                .filter(sessions::Column::LastSeenAt.lt(*at))
-                .exec(&self.db)
-                .await
-                .map_err(unavailable)?;
+        let latest = latest_per_id(seen.iter().map(|(id, at)| (id.get(), *at)));
+        if latest.is_empty() {
+            return Ok(());
+        }
+        match self.pool() {
+            Pool::Postgres(pool) => {
+                let (ids, times): (Vec<i64>, Vec<DateTime<Utc>>) = latest.into_iter().unzip();
+                let update = sqlx::query(
+                    "UPDATE sessions AS s SET last_seen_at = v.at \
+                     FROM UNNEST($1::int8[], $2::timestamptz[]) AS v(id, at) \
+                     WHERE s.id = v.id AND s.last_seen_at < v.at",
+                )
+                .bind(ids)
+                .bind(times);
+                self.gated(update.execute(pool)).await?;
+            }
+            Pool::Sqlite(pool) => {
+                let sql = format!(
+                    "UPDATE sessions SET last_seen_at = v.at \
+                     FROM (SELECT column1 AS id, column2 AS at FROM (VALUES {})) AS v \
+                     WHERE sessions.id = v.id AND sessions.last_seen_at < v.at",
+                    values_list(latest.len())
+                );
+                // Only placeholders are formatted into the text.
+                let mut update = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, at) in latest {
+                    update = update.bind(id).bind(at);
+                }
+                self.gated(update.execute(pool)).await?;
+            }
         }
         Ok(())
     }
+
+    /// The few columns a validator's cache entry needs, in one prepared
+    /// (and per connection cached) statement.
+    async fn session_credential(&self, hash: &TokenHash) -> Result<Option<SessionCredential>> {
+        type Row = (
+            i64,
+            i64,
+            String,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+            String,
+            bool,
+            DateTime<Utc>,
+            String,
+            String,
+            bool,
+        );
+        const COLUMNS: &str = "SELECT s.id, s.user_id, s.state, s.expires_at, s.previous_valid_until, \
+             s.auth_methods, s.token_hash <> {h} AS matched_previous, s.last_seen_at, \
+             u.email, u.role, u.disabled \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.token_hash = {h} OR s.previous_token_hash = {h} LIMIT 1";
+        static POSTGRES: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "$1"));
+        static SQLITE: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "?1"));
+        let hash = hash.0.as_slice();
+        let row: Option<Row> = match self.pool() {
+            Pool::Postgres(pool) => {
+                self.gated(sqlx::query_as(POSTGRES.as_str()).bind(hash).fetch_optional(pool)).await?
+            }
+            Pool::Sqlite(pool) => {
+                self.gated(sqlx::query_as(SQLITE.as_str()).bind(hash).fetch_optional(pool)).await?
+            }
+        };
+        let Some((
+            id,
+            user_id,
+            state,
+            expires_at,
+            previous_valid_until,
+            auth_methods,
+            matched_previous,
+            last_seen_at,
+            email,
+            role,
+            disabled,
+        )) = row
+        else {
+            return Ok(None);
+        };
+        Ok(Some(SessionCredential {
+            session_id: SessionId::new(id),
+            user_id: UserId::new(user_id),
+            email: Email::from_stored(email),
+            role: Role::from_stored(&role)?,
+            user_disabled: disabled,
+            state: SessionState::from_stored(&state)?,
+            expires_at,
+            previous_valid_until,
+            matched_previous,
+            auth_methods: AuthMethod::parse_list(&auth_methods),
+            last_seen_at,
+        }))
+    }
+}
+
+/// The latest time per id (a batch may hold one id twice).
+pub(crate) fn latest_per_id(
+    times: impl Iterator<Item = (i64, DateTime<Utc>)>,
+) -> std::collections::BTreeMap<i64, DateTime<Utc>> {
+    let mut latest = std::collections::BTreeMap::new();
+    for (id, at) in times {
+        latest.entry(id).and_modify(|seen: &mut DateTime<Utc>| *seen = (*seen).max(at)).or_insert(at);
+    }
+    latest
+}
+
+/// `(?, ?), (?, ?), …` with `rows` pairs: the VALUES of a batched update.
+pub(crate) fn values_list(rows: usize) -> String {
+    let mut list = String::with_capacity(rows * 8);
+    for row in 0..rows {
+        if row > 0 {
+            list.push_str(", ");
+        }
+        list.push_str("(?, ?)");
+    }
+    list
 }
 
 /// Revokes the sessions of `user_id` that `revoke` names, on `conn` (which

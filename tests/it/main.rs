@@ -31,4 +31,5 @@ mod readme;
 mod serving;
 mod sessions;
 mod smtp;
+mod store;
 mod tls;
