@@ -28,6 +28,7 @@ impl Domain {
         token: &str,
     ) -> Result<Page<AuditRecord>> {
         caller.require(scope::AUDIT_READ)?;
+        filter.check()?;
         if let (Some(start), Some(end)) = (filter.start, filter.end)
             && start >= end
         {
