@@ -161,6 +161,11 @@ impl Domain {
     pub(super) async fn reserve(&self, user: &User) -> Result<Reservation> {
         let threshold = self.limits.lock.threshold;
         let started = std::time::Instant::now();
+        // Each reclaim changes the counters, so a reservation tried after it
+        // succeeds unless others took the slots; two are enough, and the
+        // bound keeps a disagreement between the store's view and ours from
+        // spinning.
+        let mut reclaims = 0;
         loop {
             let settled = self.attempts_settled.notified();
             let now = self.clock.now();
@@ -174,7 +179,8 @@ impl Domain {
                 return Ok(Reservation::Locked);
             }
             let lost = state.reserved_at.is_none_or(|at| at + STALE_RESERVATION <= now);
-            if state.in_flight == 0 || lost {
+            if (state.in_flight == 0 || lost) && reclaims < 2 {
+                reclaims += 1;
                 let failed = state.failed_attempts.saturating_add(state.in_flight).min(threshold - 1).max(0);
                 if state.in_flight > 0 {
                     tracing::warn!(
