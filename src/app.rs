@@ -22,7 +22,7 @@ use crate::{
     domain::{
         CaptchaPolicy, CaptchaSettings, Clock, Domain, MfaSettings, Settings, Validator,
         limits::{Limit, LimitSettings, LockPolicy},
-        password::{Hasher, HasherConfig},
+        password::{HashPriority, Hasher, HasherConfig},
         ports::Store,
         seal::Sealer,
         token::TokenFormat,
@@ -70,6 +70,7 @@ impl App {
             parallelism: config.argon2_parallelism,
             threads: config.hash_threads,
             queue_depth: config.hash_queue_depth,
+            priority: if config.hash_low_priority { HashPriority::Lowest } else { HashPriority::Normal },
         })?;
         let settings = Settings::from_config(&config)?;
         let mailer = Mailer::from_config(&config)?;

@@ -77,6 +77,9 @@ pub struct Config {
     /// Password hashes that may wait for a thread; more are refused with
     /// `RESOURCE_EXHAUSTED` at once.
     pub hash_queue_depth: usize,
+    /// Hashing threads run at the lowest scheduling priority (`SCHED_IDLE`
+    /// on Linux), so hashing only gets CPU that request work leaves.
+    pub hash_low_priority: bool,
     /// How long a validated token stays in the in-memory cache. Revocation on
     /// this replica clears it at once; this bounds how long another replica
     /// may keep a revoked token.
@@ -312,6 +315,7 @@ impl Default for Config {
             argon2_parallelism: 1,
             hash_threads: 0,
             hash_queue_depth: 64,
+            hash_low_priority: true,
             token_cache_ttl: Duration::from_secs(10),
             token_negative_cache_ttl: Duration::from_secs(5),
             token_cache_capacity: 100_000,

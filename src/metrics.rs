@@ -427,6 +427,7 @@ mod tests {
             parallelism: 1,
             threads: 1,
             queue_depth: 1,
+            priority: crate::domain::password::HashPriority::Normal,
         })
         .unwrap();
         let pool: PoolProbe = Arc::new(|| Some(PoolUse { open: 3, idle: 1, max: 5 }));

@@ -10,6 +10,7 @@ mod m20261124_000003_add_user_kind;
 mod m20261124_000004_create_api_keys;
 mod m20261124_000005_create_mfa;
 mod m20261124_000006_create_audit_and_limits;
+mod m20261203_000001_add_attempts_in_flight;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_create_api_keys::Migration),
             Box::new(m20261124_000005_create_mfa::Migration),
             Box::new(m20261124_000006_create_audit_and_limits::Migration),
+            Box::new(m20261203_000001_add_attempts_in_flight::Migration),
         ]
     }
 }

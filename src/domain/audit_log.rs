@@ -11,6 +11,7 @@ use super::{
 /// Refuses a filter that can match nothing by mistake: an inverted time
 /// range, an outcome or action that no row can carry (naming the valid ones).
 fn check_filter(filter: &AuditFilter) -> Result<()> {
+    filter.check()?;
     if let (Some(start), Some(end)) = (filter.start, filter.end)
         && start >= end
     {

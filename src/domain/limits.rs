@@ -9,6 +9,25 @@ use chrono::{DateTime, Utc};
 use super::records::{AttemptCounters, Lock};
 use super::{Action, Ctx, Domain, Error, Outcome, Result, User};
 
+/// After this long, reservations still in flight were lost (no attempt
+/// takes so long: the request timeout ends it first).
+const STALE_RESERVATION: chrono::Duration = chrono::Duration::minutes(5);
+/// Longest a reservation waits for attempts in flight to be decided.
+const MAX_RESERVATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a waiting reservation looks again (other replicas' attempts).
+const RESERVATION_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The answer to a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reservation {
+    /// Counted in flight: check the password or code.
+    Reserved,
+    /// The account is locked.
+    Locked,
+    /// Attempts in flight took every slot for [`MAX_RESERVATION_WAIT`].
+    Busy,
+}
+
 /// When and for how long accounts lock.
 #[derive(Clone, Copy, Debug)]
 pub struct LockPolicy {
@@ -121,9 +140,80 @@ impl Domain {
     }
 
     /// Reserves one attempt against `user`'s account before a password or
-    /// code is checked; `false` when the account is locked.
+    /// code is checked; `false` when the account is locked (or its
+    /// attempts stay busy, see [`Domain::reserve`]).
     pub(super) async fn reserve_attempt(&self, user: &User) -> Result<bool> {
-        self.store.reserve_attempt(user.id, self.clock.now(), self.limits.lock.threshold).await
+        Ok(self.reserve(user).await? == Reservation::Reserved)
+    }
+
+    /// Reserves one attempt against `user`'s account before a password or
+    /// code is checked.
+    ///
+    /// Failed attempts and attempts in flight together are bounded by the
+    /// threshold, so parallel guesses cannot check more passwords than it
+    /// allows. When the slots are taken by attempts in flight (not by
+    /// failures), this waits for them to be decided: a success frees them
+    /// all, a failure may lock the account. So correct logins in flight
+    /// never lock an account, nor are they refused, however many there are.
+    /// Reservations older than [`STALE_RESERVATION`] were lost (a crash
+    /// between reservation and record) and count as failures, short of a
+    /// lock.
+    pub(super) async fn reserve(&self, user: &User) -> Result<Reservation> {
+        let threshold = self.limits.lock.threshold;
+        let started = std::time::Instant::now();
+        // Each reclaim changes the counters, so a reservation tried after it
+        // succeeds unless others took the slots; two are enough, and the
+        // bound keeps a disagreement between the store's view and ours from
+        // spinning.
+        let mut reclaims = 0;
+        loop {
+            let settled = self.attempts_settled.notified();
+            let now = self.clock.now();
+            if self.store.reserve_attempt(user.id, now, threshold).await? {
+                return Ok(Reservation::Reserved);
+            }
+            let Some(state) = self.store.attempt_state(user.id).await? else {
+                return Ok(Reservation::Locked);
+            };
+            if state.locked_until.is_some_and(|until| until > now) {
+                return Ok(Reservation::Locked);
+            }
+            let lost = state.reserved_at.is_none_or(|at| at + STALE_RESERVATION <= now);
+            if (state.in_flight == 0 || lost) && reclaims < 2 {
+                reclaims += 1;
+                let failed = state.failed_attempts.saturating_add(state.in_flight).min(threshold - 1).max(0);
+                if state.in_flight > 0 {
+                    tracing::warn!(
+                        user_id = user.id.get(),
+                        lost = state.in_flight,
+                        "attempt reservations were never decided; counting them as failures"
+                    );
+                }
+                self.store.reclaim_attempts(user.id, state, failed).await?;
+                continue;
+            }
+            if started.elapsed() >= MAX_RESERVATION_WAIT {
+                return Ok(Reservation::Busy);
+            }
+            // Woken when an attempt of this replica is decided; attempts of
+            // other replicas are seen at the next poll.
+            let _ = tokio::time::timeout(RESERVATION_POLL, settled).await;
+        }
+    }
+
+    /// Records a successful (reserved) attempt: frees its reservation and
+    /// clears the account's failures.
+    pub(super) async fn record_success(&self, user: &User) -> Result<()> {
+        let result = self.store.record_success(user.id).await;
+        self.attempts_settled.notify_waiters();
+        result
+    }
+
+    /// Frees a reservation whose password or code was never checked.
+    pub(super) async fn release_attempt(&self, user: &User) -> Result<()> {
+        let result = self.store.release_attempt(user.id).await;
+        self.attempts_settled.notify_waiters();
+        result
     }
 
     /// Records a failed attempt on `user` with its audit row, locking the
@@ -148,7 +238,9 @@ impl Domain {
                     .detail(format!("locked until {}", until.to_rfc3339())),
             })
         };
-        if let Some(until) = self.store.record_failure(user.id, &[event], &decide).await? {
+        let recorded = self.store.record_failure(user.id, &[event], &decide).await;
+        self.attempts_settled.notify_waiters();
+        if let Some(until) = recorded? {
             tracing::warn!(user_id = user.id.get(), %until, "account locked after repeated failures");
             self.events.account_locked();
         }

@@ -3,16 +3,37 @@
 //!
 //! An unknown email, a wrong password, a locked and a disabled account get
 //! the same answer after the same hashing work: unknown and locked accounts
-//! are checked against a dummy hash. Rate limits and the captcha come before
-//! the password; an attempt is counted against the account before its
-//! password is checked, so parallel guesses cannot pass the lockout.
+//! are checked against a dummy hash. The order of a login:
+//! 1. the input is checked (nothing else has happened yet);
+//! 2. room in the hashing queue is asked for, before any database read or
+//!    write: a refused login (`RESOURCE_EXHAUSTED`) costs nothing and
+//!    counts nothing;
+//! 3. rate limits, the user, the captcha;
+//! 4. an attempt is reserved against the account before its password is
+//!    checked, so parallel guesses cannot pass the lockout; a correct
+//!    password gives its reservation back, so correct logins in flight
+//!    never lock an account;
+//! 5. the password is checked and the attempt recorded (audit row and
+//!    counters), then the session starts.
+//!
+//! Steps 3–5 run in a task of their own that the call awaits: a client that
+//! goes away cannot cut an attempt between the check of its password and
+//! its record. A database error while recording is retried; the attempt's
+//! record commits, or the call fails (and a reservation that was never
+//! recorded counts as a failure once it is stale).
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use super::records::{NewSession, Session};
 use super::{
     Action, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Email, Error, IssuedSession, LoginOutcome,
-    Outcome, Principal, Result, SessionState, User, limits::Flow, password::Password, scope,
+    Outcome, Principal, Result, SessionState, User,
+    input::{check_text, printable_prefix},
+    limits::{Flow, Reservation},
+    password::{HashPermit, Password},
+    scope,
     token::TokenKind,
 };
 use crate::captcha;
@@ -25,6 +46,21 @@ const MAX_USER_AGENT: usize = 512;
 const MAX_DEVICE_LABEL: usize = 128;
 /// Longest captcha response accepted (vendors' tokens are about 2 KiB).
 const MAX_CAPTCHA_RESPONSE: usize = 4096;
+
+/// How many times the record of a checked attempt is tried.
+const ACCOUNTING_TRIES: u32 = 5;
+/// The first wait before trying again; each further wait doubles (0.1 + 0.2
+/// + 0.4 + 0.8 s in all).
+const ACCOUNTING_FIRST_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A login that passed its input checks and got room to hash.
+struct LoginAttempt {
+    email: Email,
+    password: Password,
+    input: LoginInput,
+    flow: Flow,
+    permit: HashPermit,
+}
 
 /// A captcha solution as the client sent it.
 #[derive(Clone)]
@@ -94,7 +130,7 @@ impl Domain {
     /// `Unauthenticated(InvalidLogin)` for any wrong email, wrong password,
     /// locked or disabled account, `Overloaded` when hashing is saturated.
     pub async fn login(
-        &self,
+        self: &Arc<Self>,
         ctx: &Ctx,
         caller: Option<&Principal>,
         input: LoginInput,
@@ -118,7 +154,7 @@ impl Domain {
     /// # Errors
     /// `Forbidden` without the admin-login scope; otherwise as [`Domain::login`].
     pub async fn admin_login(
-        &self,
+        self: &Arc<Self>,
         ctx: &Ctx,
         caller: &Principal,
         input: LoginInput,
@@ -127,7 +163,12 @@ impl Domain {
         self.password_login(&ctx.acting_as(caller), input, Flow::AdminLogin).await
     }
 
-    async fn password_login(&self, ctx: &Ctx, input: LoginInput, flow: Flow) -> Result<LoginOutcome> {
+    async fn password_login(
+        self: &Arc<Self>,
+        ctx: &Ctx,
+        input: LoginInput,
+        flow: Flow,
+    ) -> Result<LoginOutcome> {
         let email = Email::parse(&input.email, "email")?;
         let password = Password::parse(&input.password, "password")?;
         check_client(&input.client)?;
@@ -136,11 +177,23 @@ impl Domain {
         {
             return Err(Error::invalid("session_lifetime", "must be positive"));
         }
-        if let Some(captcha) = &input.captcha
-            && captcha.response.len() > MAX_CAPTCHA_RESPONSE
-        {
-            return Err(Error::invalid("captcha.response", "is too long"));
+        if let Some(captcha) = &input.captcha {
+            check_text("captcha.response", &captcha.response, MAX_CAPTCHA_RESPONSE)?;
         }
+        // Room to hash, before any database work: a refused login costs
+        // nothing and counts nothing.
+        let permit = self.hasher.admit()?;
+        let domain = Arc::clone(self);
+        let ctx = ctx.clone();
+        let attempt = LoginAttempt { email, password, input, flow, permit };
+        tokio::spawn(async move { domain.attempt_login(&ctx, attempt).await })
+            .await
+            .map_err(|e| Error::Internal(format!("login task failed: {e}")))?
+    }
+
+    /// Steps 3–5 of a login (see the module docs), in a task of its own.
+    async fn attempt_login(&self, ctx: &Ctx, attempt: LoginAttempt) -> Result<LoginOutcome> {
+        let LoginAttempt { email, password, input, flow, permit } = attempt;
         self.check_limits(ctx, flow, Some(email.as_str())).await?;
 
         let (user, hash) = match self.store.user_by_email(&email).await? {
@@ -150,54 +203,62 @@ impl Domain {
         if flow == Flow::Login && !input.bypass_captcha {
             self.check_captcha(ctx, &email, input.captcha.clone()).await?;
         }
-        // Count the attempt before checking the password; a locked account
+        // Reserve the attempt before checking the password; a locked account
         // is checked against the dummy hash, for the same work and answer.
-        let reserved = match &user {
-            Some(user) => self.reserve_attempt(user).await?,
-            None => false,
+        let reservation = match &user {
+            Some(user) => Some(self.reserve(user).await?),
+            None => None,
         };
+        let reserved = reservation == Some(Reservation::Reserved);
         let stored = if reserved { hash.as_deref() } else { None };
-        let verification = self.hasher.verify(&password, stored).await?;
+        let verification = match permit.verify(&password, stored).await {
+            Ok(verification) => verification,
+            Err(err) => {
+                if let (Some(user), true) = (&user, reserved) {
+                    self.accounting("release", || self.release_attempt(user)).await?;
+                }
+                return Err(err);
+            }
+        };
         let now = self.clock.now();
         let user = match user {
             Some(user) if reserved && verification.matched && !user.disabled => user,
             failed => {
-                let reason = match &failed {
-                    None => "unknown email",
-                    Some(_) if !reserved => "account locked",
-                    Some(user) if user.disabled => "account disabled",
-                    Some(_) => "wrong password",
+                let reason = match (&failed, reservation) {
+                    (None, _) => "unknown email",
+                    (Some(_), Some(Reservation::Busy)) => "too many attempts in flight",
+                    (Some(_), _) if !reserved => "account locked",
+                    (Some(user), _) if user.disabled => "account disabled",
+                    (Some(_), _) => "wrong password",
                 };
-                self.note_failure(ctx, &email).await?;
                 match failed {
                     Some(user) if reserved => {
-                        self.record_failure(ctx, &user, Action::LoginFailed, reason).await?;
+                        self.accounting("failure", || {
+                            self.record_failure(ctx, &user, Action::LoginFailed, reason)
+                        })
+                        .await?;
                     }
                     Some(user) => {
-                        let event = ctx.event(
-                            now,
-                            Action::LoginFailed,
-                            Outcome::Failure,
-                            format!("user:{}", user.id),
-                        );
-                        self.store.audit(&[event.detail(reason)]).await?;
+                        let event = ctx
+                            .event(now, Action::LoginFailed, Outcome::Failure, format!("user:{}", user.id))
+                            .detail(reason);
+                        self.accounting("audit", || self.store.audit(std::slice::from_ref(&event))).await?;
                     }
                     None => {
                         let subject = format!("email:{}", email.as_str());
-                        self.store
-                            .audit(&[ctx
-                                .event(now, Action::LoginFailed, Outcome::Failure, subject)
-                                .detail(reason)])
-                            .await?;
+                        let event =
+                            ctx.event(now, Action::LoginFailed, Outcome::Failure, subject).detail(reason);
+                        self.accounting("audit", || self.store.audit(std::slice::from_ref(&event))).await?;
                     }
                 }
+                self.note_failure(ctx, &email).await?;
                 return Err(AuthFailure::InvalidLogin.into());
             }
         };
+        self.accounting("success", || self.record_success(&user)).await?;
         if let Some(upgraded) = verification.upgraded_hash {
             self.store.upgrade_password_hash(user.id, upgraded).await?;
         }
-        self.store.reset_failures(user.id).await?;
         if let CaptchaPolicy::AfterFailures(_) = self.captcha.policy {
             self.store.clear_rate_limit(&format!("failures:acct:{}", email.as_str())).await?;
         }
@@ -206,19 +267,47 @@ impl Domain {
             ..ctx.clone()
         };
         let lifetime = self.lifetime_for(&user, input.requested_lifetime);
+        let client = session_client(ctx, input.client);
         if user.mfa.any() {
             // The password alone proves nothing yet: a pending login, which
             // no service accepts, until a second factor completes it.
-            return Ok(LoginOutcome::Mfa(self.start_mfa(ctx, &user, input.client, lifetime, now).await?));
+            return Ok(LoginOutcome::Mfa(self.start_mfa(ctx, &user, client, lifetime, now).await?));
         }
         let mut methods = vec![AuthMethod::Password];
         if flow == Flow::AdminLogin {
             methods.push(AuthMethod::AdminLogin);
         }
         let issued = self
-            .start_session(ctx, user, input.client, Some(lifetime), methods, now, Action::LoginSucceeded)
+            .start_session(ctx, user, client, Some(lifetime), methods, now, Action::LoginSucceeded)
             .await?;
         Ok(LoginOutcome::Session(issued))
+    }
+
+    /// Runs the record of an attempt whose password was checked, retrying
+    /// while the database is unavailable: the record commits, or the
+    /// failure is logged (with what was lost) and returned.
+    async fn accounting<'a, F, Fut>(&'a self, what: &'static str, mut record: F) -> Result<()>
+    where
+        F: FnMut() -> Fut + 'a,
+        Fut: std::future::Future<Output = Result<()>> + 'a,
+    {
+        let mut delay = ACCOUNTING_FIRST_RETRY;
+        let mut tries = 1;
+        loop {
+            match record().await {
+                Ok(()) => return Ok(()),
+                Err(err @ Error::Unavailable(_)) if tries < ACCOUNTING_TRIES => {
+                    tracing::warn!(error = %err, what, tries, "recording a login attempt failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, what, tries, "a login attempt could not be recorded");
+                    return Err(err);
+                }
+            }
+        }
     }
 
     /// Requires and verifies a captcha when the policy says so.
@@ -347,22 +436,26 @@ impl Domain {
     }
 }
 
-/// Checks the lengths of the client fields.
+/// Checks the client fields: no control characters, lengths, an IP that
+/// parses.
 fn check_client(client: &ClientInfo) -> Result<()> {
-    if client.ip.len() > MAX_IP {
-        return Err(Error::invalid("client.ip", format!("must be at most {MAX_IP} bytes")));
-    }
+    check_text("client.ip", &client.ip, MAX_IP)?;
     if !client.ip.is_empty() && client.ip.parse::<std::net::IpAddr>().is_err() {
         return Err(Error::invalid("client.ip", "is not an IP address"));
     }
-    if client.user_agent.len() > MAX_USER_AGENT {
-        return Err(Error::invalid("client.user_agent", format!("must be at most {MAX_USER_AGENT} bytes")));
-    }
-    if client.device_label.len() > MAX_DEVICE_LABEL {
-        return Err(Error::invalid(
-            "client.device_label",
-            format!("must be at most {MAX_DEVICE_LABEL} bytes"),
-        ));
-    }
+    check_text("client.user_agent", &client.user_agent, MAX_USER_AGENT)?;
+    check_text("client.device_label", &client.device_label, MAX_DEVICE_LABEL)?;
     Ok(())
+}
+
+/// The client a session records: the IP the request context decided (the
+/// peer's, or a trusted caller's claim — the one the audit rows and the
+/// limits use, never an untrusted caller's claim), the user agent (the
+/// claimed one, else the request's own), and the device label sent.
+fn session_client(ctx: &Ctx, claimed: ClientInfo) -> ClientInfo {
+    ClientInfo {
+        ip: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        user_agent: printable_prefix(&ctx.user_agent, MAX_USER_AGENT),
+        device_label: claimed.device_label,
+    }
 }

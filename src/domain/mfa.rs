@@ -238,10 +238,11 @@ impl Domain {
             return Err(AuthFailure::InvalidCode.into());
         }
         if !self.store.complete_pending(session.id, now).await? {
+            self.release_attempt(&user).await?;
             return Err(AuthFailure::InvalidToken.into());
         }
         self.validator.forget_session(session.id).await;
-        self.store.reset_failures(user.id).await?;
+        self.record_success(&user).await?;
         let methods = vec![AuthMethod::Password, method.auth_method()];
         self.start_session(
             ctx,
@@ -391,7 +392,7 @@ impl Domain {
             self.record_failure(&ctx, &user, Action::MfaFailed, "totp confirmation").await?;
             return Err(AuthFailure::InvalidCode.into());
         };
-        self.store.reset_failures(user.id).await?;
+        self.record_success(&user).await?;
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("totp");
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
@@ -447,7 +448,7 @@ impl Domain {
             self.record_failure(&ctx, &user, Action::MfaFailed, "email confirmation").await?;
             return Err(AuthFailure::InvalidCode.into());
         }
-        self.store.reset_failures(user.id).await?;
+        self.record_success(&user).await?;
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
@@ -495,7 +496,7 @@ impl Domain {
             self.record_failure(&ctx, &user, Action::MfaDisabled, "wrong code").await?;
             return Err(AuthFailure::InvalidCode.into());
         }
-        self.store.reset_failures(user.id).await?;
+        self.record_success(&user).await?;
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
         self.store.disable_mfa(user.id, mfa_changed(Some(session_id)), now, &[event]).await?;
         self.validator.forget_user(user.id).await;

@@ -14,6 +14,7 @@ pub mod credential;
 pub mod error;
 mod events;
 pub mod ids;
+pub mod input;
 mod keys;
 pub mod limits;
 mod login;
@@ -62,6 +63,9 @@ pub struct Domain {
     captcha: CaptchaSettings,
     invalid_tokens: audit_log::InvalidTokenCounts,
     events: Arc<dyn Events>,
+    /// Woken whenever an attempt of this replica is decided, for
+    /// reservations waiting on attempts in flight.
+    attempts_settled: tokio::sync::Notify,
 }
 
 /// What the second-factor rules need besides the store.
@@ -144,6 +148,7 @@ impl Domain {
             captcha,
             invalid_tokens: audit_log::InvalidTokenCounts::default(),
             events: Arc::new(NoEvents),
+            attempts_settled: tokio::sync::Notify::new(),
         }
     }
 

@@ -32,8 +32,8 @@ use super::{
     error::Result,
     ids::{KeyId, SessionId, UserId},
     records::{
-        ApiKey, AttemptCounters, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email, EmailCode,
-        KeyCredential, Lock, NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session,
+        ApiKey, AttemptCounters, AttemptState, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email,
+        EmailCode, KeyCredential, Lock, NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session,
         SessionCredential, SessionMatch, StoredTotp, TokenHash, User, UserPatch,
     },
 };
@@ -249,17 +249,33 @@ pub trait LimitStore: Send + Sync {
     /// Forgets counter `key`.
     async fn clear_rate_limit(&self, key: &str) -> Result<()>;
 
-    /// Counts one attempt against account `user_id`, unless `max_attempts`
-    /// are counted already or the account is locked at `now` (one atomic
-    /// update). Returns whether it was counted.
+    /// Reserves one attempt against account `user_id` (counts it in
+    /// flight, and when), unless the account's failed attempts and
+    /// attempts in flight already make `max_attempts`, or it is locked at
+    /// `now` (one atomic update). Returns whether it was reserved.
     async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool>;
 
+    /// The account's attempt state; `None` when there is no such user.
+    async fn attempt_state(&self, user_id: UserId) -> Result<Option<AttemptState>>;
+
+    /// Replaces the attempts in flight by `failed_attempts` failures, if
+    /// the counters are still those of `seen` (compare-and-set): how
+    /// reservations lost to a crash are given back. Returns whether it was
+    /// applied.
+    async fn reclaim_attempts(
+        &self,
+        user_id: UserId,
+        seen: AttemptState,
+        failed_attempts: i32,
+    ) -> Result<bool>;
+
     /// Records a failed (reserved) attempt with `events`, in one
-    /// transaction that reads the account's counters and asks `decide`
-    /// whether they lock it; a lock is applied only if the counters are
-    /// still those it read (compare-and-set), and then with its own row: the
-    /// lock starts a new attempt count and counts one more lockout. Returns
-    /// the end of the lock applied, if any.
+    /// transaction: the reservation becomes a failure, then the account's
+    /// counters are read and `decide` says whether they lock it; a lock is
+    /// applied only if the counters are still those it read
+    /// (compare-and-set), and then with its own row: the lock starts a new
+    /// failure count and counts one more lockout. Returns the end of the
+    /// lock applied, if any.
     async fn record_failure(
         &self,
         user_id: UserId,
@@ -267,8 +283,12 @@ pub trait LimitStore: Send + Sync {
         decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>>;
 
-    /// Clears the account's attempt count and lockouts (after a success).
-    async fn reset_failures(&self, user_id: UserId) -> Result<()>;
+    /// Records a successful (reserved) attempt: releases its reservation
+    /// and clears the account's failures and lockouts.
+    async fn record_success(&self, user_id: UserId) -> Result<()>;
+
+    /// Releases a reservation whose password or code was never checked.
+    async fn release_attempt(&self, user_id: UserId) -> Result<()>;
 }
 
 /// Second factors: TOTP secrets, recovery codes, emailed codes, and the

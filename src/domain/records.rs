@@ -6,15 +6,15 @@
 //! in `domain`.
 //!
 //! The store may import this module (with `ids`, `error` and the seam,
-//! `ports`); so it imports nothing but those and `scope`, and never a
-//! module of rules.
+//! `ports`); so it imports nothing but those, `scope` and `input`, and
+//! never a module of rules.
 
 use chrono::{DateTime, Utc};
 
 use super::{
     error::{Error, Result},
     ids::{KeyId, SessionId, UserId},
-    scope,
+    input, scope,
 };
 
 // === Users ===
@@ -30,8 +30,11 @@ impl Email {
     ///
     /// # Errors
     /// `INVALID_ARGUMENT` for an empty, over-long or malformed address.
-    pub fn parse(input: &str, field: &'static str) -> Result<Self> {
-        let normalised = input.trim().to_lowercase();
+    pub fn parse(raw: &str, field: &'static str) -> Result<Self> {
+        // Surrounding white space (tabs and line ends too) is trimmed away;
+        // any control character left is refused.
+        let normalised = raw.trim().to_lowercase();
+        input::check_text(field, &normalised, usize::MAX)?;
         if normalised.is_empty() {
             return Err(Error::invalid(field, "must not be empty"));
         }
@@ -627,10 +630,24 @@ impl CodePurpose {
 /// transaction that records a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttemptCounters {
-    /// Attempts counted (reserved) since the last success or lock.
+    /// Failed attempts since the last success or lock, this one included.
     pub failed_attempts: i32,
     /// Locks since the last success.
     pub lockouts: i32,
+}
+
+/// An account's attempt state, as read when a reservation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptState {
+    /// Failed attempts since the last success or lock.
+    pub failed_attempts: i32,
+    /// Attempts reserved and not yet decided (passwords or codes being
+    /// checked right now, or reservations lost to a crash).
+    pub in_flight: i32,
+    /// When the latest attempt was reserved.
+    pub reserved_at: Option<DateTime<Utc>>,
+    /// The end of the current lock, if any.
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 /// A lock the rules decided on: until when, and its audit row.
@@ -850,6 +867,29 @@ pub struct AuditFilter {
     pub request_id: Option<String>,
 }
 
+impl AuditFilter {
+    /// Checks the text filters for control characters and length (no
+    /// stored value is longer), before they reach the database.
+    ///
+    /// # Errors
+    /// `INVALID_ARGUMENT` naming the filter.
+    pub fn check(&self) -> Result<()> {
+        let Self { subject, actor, action, outcome, start: _, end: _, request_id } = self;
+        for (field, value, max) in [
+            ("subject", subject, 320),
+            ("actor", actor, 64),
+            ("action", action, 48),
+            ("outcome", outcome, 16),
+            ("request_id", request_id, 128),
+        ] {
+            if let Some(value) = value {
+                input::check_text(field, value, max)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -877,5 +917,9 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(300));
         assert!(Email::parse(&long, "email").is_err());
+        for hostile in ["a\0@b.cd", "a@b.cd\0", "a\n@b.cd", "a@b\u{85}.cd"] {
+            assert!(Email::parse(hostile, "email").is_err(), "{hostile:?} accepted");
+        }
+        assert_eq!(Email::parse("\tA@b.cd\n", "email").unwrap().as_str(), "a@b.cd");
     }
 }

@@ -193,7 +193,7 @@ impl Domain {
             self.record_failure(&ctx, &user, Action::PasswordChanged, "wrong current password").await?;
             return Err(AuthFailure::WrongPassword.into());
         }
-        self.store.reset_failures(user.id).await?;
+        self.record_success(&user).await?;
         let hash = self.hasher.hash(new).await?;
         let now = self.clock.now();
         let event = ctx.event(now, Action::PasswordChanged, Outcome::Success, format!("user:{}", user.id));

@@ -24,16 +24,14 @@ pub fn time(at: DateTime<Utc>) -> String {
 
 /// The end user's client as the request shows it: the IP the request
 /// layers chose (the peer's, or a trusted caller's claim) and the
-/// `User-Agent`, cut to what a session records.
+/// `User-Agent`, without control characters and cut to what a session
+/// records.
 #[must_use]
 pub fn client(ctx: &Ctx) -> ClientInfo {
-    let mut end = ctx.user_agent.len().min(MAX_USER_AGENT);
-    while !ctx.user_agent.is_char_boundary(end) {
-        end -= 1;
-    }
     ClientInfo {
         ip: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        user_agent: ctx.user_agent[..end].to_owned(),
+        // A header the client did not fill as a field: made printable, not refused.
+        user_agent: domain::input::printable_prefix(&ctx.user_agent, MAX_USER_AGENT),
         device_label: String::new(),
     }
 }

@@ -25,6 +25,8 @@ pub mod users {
         pub failed_attempts: i32,
         pub locked_until: Option<DateTimeUtc>,
         pub lockouts: i32,
+        pub attempts_in_flight: i32,
+        pub attempts_reserved_at: Option<DateTimeUtc>,
     }
 
     /// Relations of `users`.

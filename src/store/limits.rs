@@ -17,8 +17,11 @@ use crate::domain::{
     ids::UserId,
     ports::DecideLock,
     ports::LimitStore,
-    records::{AttemptCounters, AuditEvent},
+    records::{AttemptCounters, AttemptState, AuditEvent},
 };
+
+/// One reservation fewer in flight, never below zero (both dialects).
+const RELEASE_ONE: &str = "CASE WHEN attempts_in_flight > 0 THEN attempts_in_flight - 1 ELSE 0 END";
 
 #[async_trait]
 impl LimitStore for SqlStore {
@@ -89,9 +92,14 @@ impl LimitStore for SqlStore {
     /// `max_attempts`.
     async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool> {
         let result = users::Entity::update_many()
-            .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
+            .col_expr(users::Column::AttemptsInFlight, Expr::col(users::Column::AttemptsInFlight).add(1))
+            .col_expr(users::Column::AttemptsReservedAt, Expr::value(Some(now)))
             .filter(users::Column::Id.eq(user_id.get()))
-            .filter(users::Column::FailedAttempts.lt(max_attempts))
+            .filter(
+                Expr::col(users::Column::FailedAttempts)
+                    .add(Expr::col(users::Column::AttemptsInFlight))
+                    .lt(max_attempts),
+            )
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::LockedUntil.is_null())
@@ -103,8 +111,37 @@ impl LimitStore for SqlStore {
         Ok(result.rows_affected == 1)
     }
 
-    /// Read, decision, compare-and-set and audit rows in one transaction
-    /// (`BEGIN IMMEDIATE` on SQLite).
+    async fn attempt_state(&self, user_id: UserId) -> Result<Option<AttemptState>> {
+        let user = users::Entity::find_by_id(user_id.get()).one(&self.db).await.map_err(unavailable)?;
+        Ok(user.map(|user| AttemptState {
+            failed_attempts: user.failed_attempts,
+            in_flight: user.attempts_in_flight,
+            reserved_at: user.attempts_reserved_at,
+            locked_until: user.locked_until,
+        }))
+    }
+
+    async fn reclaim_attempts(
+        &self,
+        user_id: UserId,
+        seen: AttemptState,
+        failed_attempts: i32,
+    ) -> Result<bool> {
+        let result = users::Entity::update_many()
+            .col_expr(users::Column::FailedAttempts, Expr::value(failed_attempts))
+            .col_expr(users::Column::AttemptsInFlight, Expr::value(0))
+            .filter(users::Column::Id.eq(user_id.get()))
+            .filter(users::Column::FailedAttempts.eq(seen.failed_attempts))
+            .filter(users::Column::AttemptsInFlight.eq(seen.in_flight))
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Conversion of the reservation, read, decision, compare-and-set and
+    /// audit rows in one transaction (`BEGIN IMMEDIATE` on SQLite; the
+    /// first update holds the row on PostgreSQL).
     async fn record_failure(
         &self,
         user_id: UserId,
@@ -112,6 +149,13 @@ impl LimitStore for SqlStore {
         decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>> {
         let txn = self.begin().await?;
+        users::Entity::update_many()
+            .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
+            .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
+            .filter(users::Column::Id.eq(user_id.get()))
+            .exec(&txn)
+            .await
+            .map_err(unavailable)?;
         let Some(user) = users::Entity::find_by_id(user_id.get()).one(&txn).await.map_err(unavailable)?
         else {
             return Ok(None);
@@ -141,16 +185,29 @@ impl LimitStore for SqlStore {
         Ok(locked.map(|lock| lock.until))
     }
 
-    async fn reset_failures(&self, user_id: UserId) -> Result<()> {
+    async fn record_success(&self, user_id: UserId) -> Result<()> {
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::value(0))
             .col_expr(users::Column::Lockouts, Expr::value(0))
+            .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
             .filter(users::Column::Id.eq(user_id.get()))
             .filter(
                 sea_orm::Condition::any()
                     .add(users::Column::FailedAttempts.gt(0))
-                    .add(users::Column::Lockouts.gt(0)),
+                    .add(users::Column::Lockouts.gt(0))
+                    .add(users::Column::AttemptsInFlight.gt(0)),
             )
+            .exec(&self.db)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_attempt(&self, user_id: UserId) -> Result<()> {
+        users::Entity::update_many()
+            .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
+            .filter(users::Column::Id.eq(user_id.get()))
+            .filter(users::Column::AttemptsInFlight.gt(0))
             .exec(&self.db)
             .await
             .map_err(unavailable)?;

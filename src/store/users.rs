@@ -35,6 +35,8 @@ impl TryFrom<users::Model> for User {
             failed_attempts: _,
             locked_until: _,
             lockouts: _,
+            attempts_in_flight: _,
+            attempts_reserved_at: _,
         } = model;
         Ok(User {
             id: UserId::new(id),
@@ -68,6 +70,8 @@ impl UserStore for SqlStore {
             failed_attempts: Set(0),
             locked_until: Set(None),
             lockouts: Set(0),
+            attempts_in_flight: Set(0),
+            attempts_reserved_at: Set(None),
             disabled: Set(false),
             session_lifetime_secs: Set(new.session_lifetime.map(|d| d.num_seconds())),
             created_at: Set(new.now),

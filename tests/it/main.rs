@@ -23,6 +23,7 @@ mod http_browser;
 mod http_errors;
 mod keys;
 mod layers;
+mod login;
 mod mfa;
 mod observability;
 mod operations;

@@ -337,7 +337,9 @@ async fn several_sessions_revoke_one_and_all_others(backend: Backend) {
     let current = listed.iter().find(|s| s.current).unwrap();
     assert_eq!(current.id, tokens[0].session_id);
     assert_eq!(current.device_label, "laptop");
-    assert_eq!(current.ip, "203.0.113.7");
+    // The caller is not trusted: its claimed IP is not believed; the session
+    // records the peer, as the audit row and the limits do.
+    assert_eq!(current.ip, "127.0.0.1");
     assert_eq!(current.user_agent, "agent/laptop");
 
     // Revoke the phone from the laptop.

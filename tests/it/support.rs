@@ -245,6 +245,9 @@ pub fn test_config(db: &TestDb) -> Config {
         rate_limit_ip: 0,
         rate_limit_account: 0,
         rate_limit_pair: 0,
+        // The test machine's cores are shared with builds: hashing at idle
+        // priority would wait on them (the priority has its own unit test).
+        hash_low_priority: false,
         ..Config::default()
     }
 }
