@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use portcullis::domain::{
     AuthMethod, Clock as _, Email, Role, SessionState, SystemClock, UserKind,
-    password::{Hasher, HasherConfig, Password},
+    password::{HashPriority, Hasher, HasherConfig, Password},
     token::{TokenFormat, TokenKind},
 };
 use sea_orm::{
@@ -126,6 +126,7 @@ pub async fn seed(options: &SeedOptions) -> anyhow::Result<Seeded> {
         parallelism: portcullis::config::Config::default().argon2_parallelism,
         threads: 1,
         queue_depth: 1,
+        priority: HashPriority::Normal,
     })?;
     let password_hash = hasher.hash(Password::parse(&options.password, "password")?).await?;
     let now = SystemClock.now();
