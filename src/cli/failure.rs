@@ -93,7 +93,9 @@ pub fn classify(err: &anyhow::Error) -> Kind {
                 domain::Error::Internal(_) => Kind::Bug,
             };
         }
-        if cause.downcast_ref::<sea_orm::DbErr>().is_some() {
+        if cause.downcast_ref::<sea_orm::DbErr>().is_some()
+            || cause.downcast_ref::<crate::store::ConnectError>().is_some()
+        {
             return Kind::Database;
         }
     }

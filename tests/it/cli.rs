@@ -480,3 +480,24 @@ async fn cli_postgres_without_an_mfa_key_is_refused_before_migrating() {
     assert_eq!(tables, 0, "migrations ran before the refusal");
     db.drop_database().await;
 }
+
+/// A database that cannot be opened is exit code 6, in one line saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_a_database_that_cannot_be_opened_exits_6_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let refused = format!("postgres://postgres@{free}/test");
+    let missing_folder = format!("sqlite://{}/no/such/folder/p.db?mode=rwc", dir.path().display());
+    let mfa_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    for (url, said) in [(refused.as_str(), "connection refused"), (missing_folder.as_str(), "folder")] {
+        let run = cli_in(
+            dir.path(),
+            &["user", "list"],
+            &[("PORTCULLIS_DATABASE_URL", url), ("PORTCULLIS_MFA_KEY", mfa_key)],
+        )
+        .await;
+        assert_eq!(run.code, 6, "{url}: {}", run.stderr);
+        one_line_without_backtrace(&run);
+        assert!(run.stderr.contains(said), "{url}: {}", run.stderr);
+    }
+}
