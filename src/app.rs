@@ -101,6 +101,7 @@ impl App {
             PoolSettings {
                 max_connections: config.database_max_connections,
                 timeout: config.database_timeout,
+                sqlite_wait: config.request_timeout,
             },
         ))
         .await?;

@@ -3,8 +3,8 @@
 //! store goes through.
 //!
 //! Closed (the normal state) costs one atomic load per call. The first call
-//! that fails for a reason of the connection (refused, reset, timed out,
-//! the database gone — not a constraint or a bad value) opens it: from then
+//! that fails for a reason of the connection (refused, reset, the database
+//! gone — not a constraint or a bad value) opens it: from then
 //! on calls answer `Unavailable` at once instead of each waiting for the
 //! pool's timeout, except one call every [`RETRY_AFTER`], which is let
 //! through as a probe. The health probe's ping always goes through. Any
@@ -12,13 +12,19 @@
 //! raised) closes it again. Every change is published on a watch channel, so
 //! health can turn NOT_SERVING the moment a call fails.
 //!
+//! A call that waited too long for a pooled connection opens it only if the
+//! database has not answered anyone lately (within the answer window): while
+//! other calls get their answers, a full pool is load (SQLite writers taking
+//! turns, a burst of logins), not an outage, and reading it as one would
+//! turn every call away for a moment.
+//!
 //! A mechanism, not a policy: it decides nothing about what a failure means
 //! for a caller (that is `Unavailable`, fail closed, as everywhere).
 
 use std::{
     sync::{
         Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -41,6 +47,12 @@ pub struct Breaker {
     next_probe: Mutex<Instant>,
     /// `true` while the database answers.
     up: watch::Sender<bool>,
+    /// The clock's origin for `last_answer`.
+    epoch: Instant,
+    /// When the database last answered a call, in nanoseconds since `epoch`.
+    last_answer: AtomicU64,
+    /// How recent an answer makes a pool timeout load rather than an outage.
+    answer_window: Duration,
 }
 
 /// Whether a call may go to the database.
@@ -54,15 +66,27 @@ pub enum Admission {
 
 impl Default for Breaker {
     fn default() -> Self {
-        Self {
-            open: AtomicBool::new(false),
-            next_probe: Mutex::new(Instant::now()),
-            up: watch::Sender::new(true),
-        }
+        Self::new(Duration::from_millis(500))
     }
 }
 
 impl Breaker {
+    /// A closed breaker; a pool timeout opens it only when the database has
+    /// answered nothing for `answer_window` (the store passes
+    /// `database_timeout`).
+    #[must_use]
+    pub fn new(answer_window: Duration) -> Self {
+        let epoch = Instant::now();
+        Self {
+            open: AtomicBool::new(false),
+            next_probe: Mutex::new(epoch),
+            up: watch::Sender::new(true),
+            epoch,
+            last_answer: AtomicU64::new(0),
+            answer_window,
+        }
+    }
+
     /// Lets a call through, or refuses it while the database is down.
     ///
     /// # Errors
@@ -85,9 +109,31 @@ impl Breaker {
     /// Records how a call that went through ended.
     pub fn record<T>(&self, result: &Result<T, DbErr>) {
         match result {
+            Err(err) if is_pool_timeout(err) => {
+                if self.answered_within(self.answer_window) {
+                    tracing::debug!(
+                        "no pooled connection in time while the database answers others: load, not an outage"
+                    );
+                } else {
+                    self.trip(err);
+                }
+            }
             Err(err) if is_outage(err) => self.trip(err),
             _ => self.close(),
         }
+    }
+
+    /// Notes that the database answered just now.
+    fn answered(&self) {
+        let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_answer.store(since, Ordering::Relaxed);
+    }
+
+    /// Whether the database answered some call within `window`.
+    fn answered_within(&self, window: Duration) -> bool {
+        let last = Duration::from_nanos(self.last_answer.load(Ordering::Relaxed));
+        let at = self.epoch + last;
+        last > Duration::ZERO && at.elapsed() <= window
     }
 
     /// Opens the breaker (a failure of the connection).
@@ -104,6 +150,7 @@ impl Breaker {
 
     /// Closes the breaker (the database answered).
     pub fn close(&self) {
+        self.answered();
         if self.open.load(Ordering::Acquire) && self.open.swap(false, Ordering::AcqRel) {
             tracing::info!("database reachable again");
             self.up.send_replace(true);
@@ -130,6 +177,19 @@ pub fn is_outage(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_is_outage(e),
+        _ => false,
+    }
+}
+
+/// Whether `err` is a wait for a pooled connection that ran out: an outage
+/// only if nothing else gets answers either.
+#[must_use]
+pub fn is_pool_timeout(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout) => true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(**e, sea_orm::sqlx::Error::PoolTimedOut),
         _ => false,
     }
 }
@@ -216,6 +276,25 @@ mod tests {
         assert!(breaker.is_up());
         assert!(*up.borrow_and_update());
         assert_eq!(breaker.admit().unwrap(), Admission::Closed);
+    }
+
+    #[test]
+    fn a_pool_timeout_is_load_while_the_database_answers_others() {
+        let timeout = || Err::<(), _>(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout));
+        let breaker = Breaker::new(Duration::from_millis(50));
+        breaker.record(&Ok(()));
+        breaker.record(&timeout());
+        assert!(breaker.is_up(), "another call was just answered: a full pool, not an outage");
+        std::thread::sleep(Duration::from_millis(60));
+        breaker.record(&timeout());
+        assert!(!breaker.is_up(), "nothing answered within the window: an outage");
+        // A broken connection is an outage however recent the last answer.
+        let breaker = Breaker::new(Duration::from_mins(1));
+        breaker.record(&Ok(()));
+        breaker.record::<()>(&Err(DbErr::Conn(RuntimeErr::SqlxError(std::sync::Arc::new(
+            sea_orm::sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+        )))));
+        assert!(!breaker.is_up());
     }
 
     #[test]

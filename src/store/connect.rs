@@ -28,14 +28,23 @@ use sea_orm::{
 pub struct PoolSettings {
     /// Most connections held open.
     pub max_connections: u32,
-    /// Longest wait for a connection, and for a new connection to open;
-    /// then the call fails with `Unavailable`.
+    /// PostgreSQL: longest wait for a connection, and for a new connection
+    /// to open; then the call fails with `Unavailable`.
     pub timeout: Duration,
+    /// SQLite: longest wait for a connection. Opening one is opening a
+    /// local file, so a wait is only writers taking turns on it (SQLite
+    /// writes one at a time); a burst of logins must queue, not fail. The
+    /// server passes its `request_timeout`.
+    pub sqlite_wait: Duration,
 }
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { max_connections: 10, timeout: Duration::from_millis(500) }
+        Self {
+            max_connections: 10,
+            timeout: Duration::from_millis(500),
+            sqlite_wait: Duration::from_secs(10),
+        }
     }
 }
 
@@ -144,7 +153,7 @@ async fn open_sqlite(url: &str, settings: PoolSettings) -> Result<DatabaseConnec
     let pool = SqlitePoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(1)
-        .acquire_timeout(settings.timeout)
+        .acquire_timeout(settings.sqlite_wait.max(settings.timeout))
         // A ping would cost a hand-off to the connection's thread and back
         // per query; a file does not go away like a server.
         .test_before_acquire(false)
