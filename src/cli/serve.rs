@@ -17,12 +17,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Two futures: the first resolves on the first SIGTERM or SIGINT (a
-/// graceful stop), the second on the next one (stop at once).
+/// graceful stop), the second on the next one (stop at once). The handlers
+/// are installed before this returns, so a signal that comes early is not
+/// lost (nor does it kill the process), and stay installed between signals.
 fn shutdown_signals() -> (impl Future<Output = ()> + Send, impl Future<Output = ()> + Send) {
     let (tx, rx) = tokio::sync::watch::channel(0u32);
+    let mut signals = Signals::install();
     tokio::spawn(async move {
         loop {
-            signal().await;
+            signals.next().await;
             let count = *tx.borrow() + 1;
             if count == 1 {
                 tracing::info!("shutdown signal received; draining (a second signal stops at once)");
@@ -46,22 +49,51 @@ fn shutdown_signals() -> (impl Future<Output = ()> + Send, impl Future<Output = 
     )
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, installed once.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        () = terminate => {},
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                () = recv(self.terminate.as_mut()) => {},
+                () = recv(self.interrupt.as_mut()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, when it could not be installed.
+#[cfg(unix)]
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

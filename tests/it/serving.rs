@@ -378,15 +378,19 @@ async fn a_second_sigterm_stops_at_once() {
     let db = crate::support::TestDb::create(&Backend::Sqlite).await;
     let (mut child, addr) = spawn_binary(&db, &[("PORTCULLIS_SHUTDOWN_DRAIN", "10m")]).await;
     terminate(&child);
-    // Still serving during the (long) drain …
+    // Still answering during the (long) drain, NOT_SERVING once the signal
+    // is handled …
     let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::NotServing as i32);
+    crate::http::poll("NOT_SERVING during the drain", Duration::from_secs(10), || async {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest { service: String::new() })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        (status == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
     // … until the second signal.
     terminate(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
