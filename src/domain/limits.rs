@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::records::{AttemptCounters, Lock};
+use super::records::{AttemptCounters, AttemptId, Lock};
 use super::{Action, Ctx, Domain, Error, Outcome, Result, User};
 
 /// After this long, reservations still in flight were lost (no attempt
@@ -20,8 +20,9 @@ const RESERVATION_POLL: std::time::Duration = std::time::Duration::from_millis(2
 /// The answer to a reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Reservation {
-    /// Counted in flight: check the password or code.
-    Reserved,
+    /// Counted in flight, with its provisional audit row: check the
+    /// password or code.
+    Reserved(AttemptId),
     /// The account is locked.
     Locked,
     /// Attempts in flight took every slot for [`MAX_RESERVATION_WAIT`].
@@ -139,11 +140,19 @@ impl Domain {
         Ok(())
     }
 
-    /// Reserves one attempt against `user`'s account before a password or
-    /// code is checked; `false` when the account is locked (or its
-    /// attempts stay busy, see [`Domain::reserve`]).
-    pub(super) async fn reserve_attempt(&self, user: &User) -> Result<bool> {
-        Ok(self.reserve(user).await? == Reservation::Reserved)
+    /// Reserves one attempt of `action` against `user`'s account before a
+    /// password or code is checked; `None` when the account is locked (or
+    /// its attempts stay busy, see [`Domain::reserve`]).
+    pub(super) async fn reserve_attempt(
+        &self,
+        ctx: &Ctx,
+        user: &User,
+        action: Action,
+    ) -> Result<Option<AttemptId>> {
+        Ok(match self.reserve(ctx, user, action).await? {
+            Reservation::Reserved(attempt) => Some(attempt),
+            Reservation::Locked | Reservation::Busy => None,
+        })
     }
 
     /// Reserves one attempt against `user`'s account before a password or
@@ -158,7 +167,12 @@ impl Domain {
     /// Reservations older than [`STALE_RESERVATION`] were lost (a crash
     /// between reservation and record) and count as failures, short of a
     /// lock.
-    pub(super) async fn reserve(&self, user: &User) -> Result<Reservation> {
+    ///
+    /// The reservation writes the attempt's provisional audit row (a
+    /// failure of `action`) in its own transaction: the attempt's record
+    /// replaces it, so an attempt is in the audit log even if its record
+    /// never commits.
+    pub(super) async fn reserve(&self, ctx: &Ctx, user: &User, action: Action) -> Result<Reservation> {
         let threshold = self.limits.lock.threshold;
         let started = std::time::Instant::now();
         // Each reclaim changes the counters, so a reservation tried after it
@@ -169,8 +183,9 @@ impl Domain {
         loop {
             let settled = self.attempts_settled.notified();
             let now = self.clock.now();
-            if self.store.reserve_attempt(user.id, now, threshold).await? {
-                return Ok(Reservation::Reserved);
+            let pending = ctx.event(now, action, Outcome::Failure, format!("user:{}", user.id));
+            if let Some(attempt) = self.store.reserve_attempt(user.id, now, threshold, &pending).await? {
+                return Ok(Reservation::Reserved(attempt));
             }
             let Some(state) = self.store.attempt_state(user.id).await? else {
                 return Ok(Reservation::Locked);
@@ -203,15 +218,15 @@ impl Domain {
 
     /// Records a successful (reserved) attempt: frees its reservation and
     /// clears the account's failures.
-    pub(super) async fn record_success(&self, user: &User) -> Result<()> {
-        let result = self.store.record_success(user.id).await;
+    pub(super) async fn record_success(&self, user: &User, attempt: AttemptId) -> Result<()> {
+        let result = self.store.record_success(user.id, attempt).await;
         self.attempts_settled.notify_waiters();
         result
     }
 
     /// Frees a reservation whose password or code was never checked.
-    pub(super) async fn release_attempt(&self, user: &User) -> Result<()> {
-        let result = self.store.release_attempt(user.id).await;
+    pub(super) async fn release_attempt(&self, user: &User, attempt: AttemptId) -> Result<()> {
+        let result = self.store.release_attempt(user.id, attempt).await;
         self.attempts_settled.notify_waiters();
         result
     }
@@ -222,6 +237,7 @@ impl Domain {
         &self,
         ctx: &Ctx,
         user: &User,
+        attempt: AttemptId,
         action: Action,
         reason: &str,
     ) -> Result<()> {
@@ -238,7 +254,7 @@ impl Domain {
                     .detail(format!("locked until {}", until.to_rfc3339())),
             })
         };
-        let recorded = self.store.record_failure(user.id, &[event], &decide).await;
+        let recorded = self.store.record_failure(user.id, attempt, &[event], &decide).await;
         self.attempts_settled.notify_waiters();
         if let Some(until) = recorded? {
             tracing::warn!(user_id = user.id.get(), %until, "account locked after repeated failures");

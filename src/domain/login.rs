@@ -12,21 +12,25 @@
 //! 4. an attempt is reserved against the account before its password is
 //!    checked, so parallel guesses cannot pass the lockout; a correct
 //!    password gives its reservation back, so correct logins in flight
-//!    never lock an account;
-//! 5. the password is checked and the attempt recorded (audit row and
-//!    counters), then the session starts.
+//!    never lock an account. The reservation writes the attempt's
+//!    provisional audit row (a failure), in its own transaction;
+//! 5. the password is checked and the attempt recorded: a failure with its
+//!    row and counters; a success in the transaction that starts the
+//!    session (or the pending login). Either replaces the provisional row.
 //!
 //! Steps 3–5 run in a task of their own that the call awaits: a client that
 //! goes away cannot cut an attempt between the check of its password and
 //! its record. A database error while recording is retried; the attempt's
-//! record commits, or the call fails (and a reservation that was never
-//! recorded counts as a failure once it is stale).
+//! record commits, or the call fails and the attempt stays what the
+//! reservation wrote: a failure in the audit log, and a reservation that
+//! counts as a failure once it is stale. No password is checked without an
+//! audit row that says so.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::records::{NewSession, Session};
+use super::records::{AttemptId, NewSession, Session};
 use super::{
     Action, AuthFailure, AuthMethod, ClientInfo, Ctx, Domain, Email, Error, IssuedSession, LoginOutcome,
     Outcome, Principal, Result, SessionState, User,
@@ -206,45 +210,48 @@ impl Domain {
         // Reserve the attempt before checking the password; a locked account
         // is checked against the dummy hash, for the same work and answer.
         let reservation = match &user {
-            Some(user) => Some(self.reserve(user).await?),
+            Some(user) => Some(self.reserve(ctx, user, Action::LoginFailed).await?),
             None => None,
         };
-        let reserved = reservation == Some(Reservation::Reserved);
-        let stored = if reserved { hash.as_deref() } else { None };
+        let attempt = match reservation {
+            Some(Reservation::Reserved(attempt)) => Some(attempt),
+            _ => None,
+        };
+        let stored = if attempt.is_some() { hash.as_deref() } else { None };
         let verification = match permit.verify(&password, stored).await {
             Ok(verification) => verification,
             Err(err) => {
-                if let (Some(user), true) = (&user, reserved) {
-                    self.accounting("release", || self.release_attempt(user)).await?;
+                if let (Some(user), Some(attempt)) = (&user, attempt) {
+                    self.accounting("release", || self.release_attempt(user, attempt)).await?;
                 }
                 return Err(err);
             }
         };
         let now = self.clock.now();
-        let user = match user {
-            Some(user) if reserved && verification.matched && !user.disabled => user,
-            failed => {
+        let (user, attempt) = match (user, attempt) {
+            (Some(user), Some(attempt)) if verification.matched && !user.disabled => (user, attempt),
+            (failed, attempt) => {
                 let reason = match (&failed, reservation) {
                     (None, _) => "unknown email",
                     (Some(_), Some(Reservation::Busy)) => "too many attempts in flight",
-                    (Some(_), _) if !reserved => "account locked",
+                    (Some(_), _) if attempt.is_none() => "account locked",
                     (Some(user), _) if user.disabled => "account disabled",
                     (Some(_), _) => "wrong password",
                 };
-                match failed {
-                    Some(user) if reserved => {
+                match (failed, attempt) {
+                    (Some(user), Some(attempt)) => {
                         self.accounting("failure", || {
-                            self.record_failure(ctx, &user, Action::LoginFailed, reason)
+                            self.record_failure(ctx, &user, attempt, Action::LoginFailed, reason)
                         })
                         .await?;
                     }
-                    Some(user) => {
+                    (Some(user), None) => {
                         let event = ctx
                             .event(now, Action::LoginFailed, Outcome::Failure, format!("user:{}", user.id))
                             .detail(reason);
                         self.accounting("audit", || self.store.audit(std::slice::from_ref(&event))).await?;
                     }
-                    None => {
+                    (None, _) => {
                         let subject = format!("email:{}", email.as_str());
                         let event =
                             ctx.event(now, Action::LoginFailed, Outcome::Failure, subject).detail(reason);
@@ -255,47 +262,74 @@ impl Domain {
                 return Err(AuthFailure::InvalidLogin.into());
             }
         };
-        self.accounting("success", || self.record_success(&user)).await?;
-        if let Some(upgraded) = verification.upgraded_hash {
-            self.store.upgrade_password_hash(user.id, upgraded).await?;
-        }
-        if let CaptchaPolicy::AfterFailures(_) = self.captcha.policy {
-            self.store.clear_rate_limit(&format!("failures:acct:{}", email.as_str())).await?;
-        }
         let ctx = &Ctx {
             actor: if flow == Flow::AdminLogin { ctx.actor } else { super::Actor::User(user.id) },
             ..ctx.clone()
         };
         let lifetime = self.lifetime_for(&user, input.requested_lifetime);
         let client = session_client(ctx, input.client);
-        if user.mfa.any() {
+        // The success is recorded (reservation released, failures cleared,
+        // provisional row replaced) in the transaction that starts the
+        // session or the pending login: both commit, or neither.
+        let outcome = if user.mfa.any() {
             // The password alone proves nothing yet: a pending login, which
             // no service accepts, until a second factor completes it.
-            return Ok(LoginOutcome::Mfa(self.start_mfa(ctx, &user, client, lifetime, now).await?));
+            let challenge = self
+                .accounting("success", || self.start_mfa(ctx, &user, client.clone(), lifetime, now, attempt))
+                .await;
+            self.attempts_settled.notify_waiters();
+            LoginOutcome::Mfa(challenge?)
+        } else {
+            let mut methods = vec![AuthMethod::Password];
+            if flow == Flow::AdminLogin {
+                methods.push(AuthMethod::AdminLogin);
+            }
+            let issued = self
+                .accounting("success", || {
+                    self.start_session(
+                        ctx,
+                        user.clone(),
+                        client.clone(),
+                        Some(lifetime),
+                        methods.clone(),
+                        now,
+                        Action::LoginSucceeded,
+                        Some(attempt),
+                    )
+                })
+                .await;
+            self.attempts_settled.notify_waiters();
+            LoginOutcome::Session(issued?)
+        };
+        // After the login is recorded, and not worth failing it for: a hash
+        // not upgraded now is upgraded at the next login; failures not
+        // forgotten only ask for a captcha sooner.
+        if let Some(upgraded) = verification.upgraded_hash
+            && let Err(err) = self.store.upgrade_password_hash(user.id, upgraded).await
+        {
+            tracing::warn!(error = %err, user_id = user.id.get(), "could not store the upgraded password hash");
         }
-        let mut methods = vec![AuthMethod::Password];
-        if flow == Flow::AdminLogin {
-            methods.push(AuthMethod::AdminLogin);
+        if let CaptchaPolicy::AfterFailures(_) = self.captcha.policy
+            && let Err(err) = self.store.clear_rate_limit(&format!("failures:acct:{}", email.as_str())).await
+        {
+            tracing::warn!(error = %err, user_id = user.id.get(), "could not clear the account's failure count");
         }
-        let issued = self
-            .start_session(ctx, user, client, Some(lifetime), methods, now, Action::LoginSucceeded)
-            .await?;
-        Ok(LoginOutcome::Session(issued))
+        Ok(outcome)
     }
 
     /// Runs the record of an attempt whose password was checked, retrying
     /// while the database is unavailable: the record commits, or the
     /// failure is logged (with what was lost) and returned.
-    async fn accounting<'a, F, Fut>(&'a self, what: &'static str, mut record: F) -> Result<()>
+    async fn accounting<'a, T, F, Fut>(&'a self, what: &'static str, mut record: F) -> Result<T>
     where
         F: FnMut() -> Fut + 'a,
-        Fut: std::future::Future<Output = Result<()>> + 'a,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
     {
         let mut delay = ACCOUNTING_FIRST_RETRY;
         let mut tries = 1;
         loop {
             match record().await {
-                Ok(()) => return Ok(()),
+                Ok(recorded) => return Ok(recorded),
                 Err(err @ Error::Unavailable(_)) if tries < ACCOUNTING_TRIES => {
                     tracing::warn!(error = %err, what, tries, "recording a login attempt failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -394,7 +428,8 @@ impl Domain {
     }
 
     /// Creates an active session for `user` and returns its first token;
-    /// the audit row (`action`) is written with it.
+    /// the audit row (`action`) is written with it, and the success of the
+    /// attempt it `settles` recorded with it.
     #[allow(clippy::too_many_arguments, reason = "one private constructor of sessions")]
     pub(super) async fn start_session(
         &self,
@@ -405,6 +440,7 @@ impl Domain {
         auth_methods: Vec<AuthMethod>,
         now: DateTime<Utc>,
         action: Action,
+        settles: Option<AttemptId>,
     ) -> Result<IssuedSession> {
         let lifetime = self.lifetime_for(&user, requested_lifetime);
         let absolute_expires_at = now + self.settings.session_absolute_lifetime;
@@ -424,6 +460,7 @@ impl Domain {
                     absolute_expires_at,
                     client,
                     auth_methods,
+                    settles,
                 },
                 &|session: &Session| {
                     let detail = format!("session:{} methods={methods}", session.id);

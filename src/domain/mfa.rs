@@ -18,7 +18,7 @@ use super::{
     MfaMethod, Outcome, Principal, Result, SessionId, SessionState, User, UserId, UserKind,
     limits::Flow,
     password::Password,
-    records::{CodePurpose, NewSession, RevokeSessions, Session, SessionMatch},
+    records::{AttemptId, CodePurpose, NewSession, RevokeSessions, Session, SessionMatch},
     scope,
     token::TokenKind,
 };
@@ -119,6 +119,7 @@ impl Domain {
         client: ClientInfo,
         lifetime: chrono::Duration,
         now: DateTime<Utc>,
+        settles: AttemptId,
     ) -> Result<MfaChallenge> {
         let (token, hash) = self.tokens.generate(TokenKind::MfaPending)?;
         let expires_at = now + self.mfa.pending_lifetime;
@@ -135,6 +136,7 @@ impl Domain {
                     absolute_expires_at: expires_at,
                     client,
                     auth_methods: vec![AuthMethod::Password],
+                    settles: Some(settles),
                 },
                 &|session: &Session| {
                     let detail = format!("pending session:{}", session.id);
@@ -224,12 +226,12 @@ impl Domain {
         if !self.store.reserve_mfa_attempt(session.id, MAX_CODE_ATTEMPTS).await? {
             return Err(AuthFailure::InvalidToken.into());
         }
-        if !self.reserve_attempt(&user).await? {
+        let Some(attempt) = self.reserve_attempt(ctx, &user, Action::MfaFailed).await? else {
             return Err(AuthFailure::InvalidCode.into());
-        }
+        };
         let accepted = self.check_code(&user, Some(session.id), code, now).await?;
         if !accepted {
-            self.record_failure(ctx, &user, Action::MfaFailed, method_label(method)).await?;
+            self.record_failure(ctx, &user, attempt, Action::MfaFailed, method_label(method)).await?;
             tracing::info!(
                 user_id = user.id.get(),
                 session_id = session.id.get(),
@@ -238,22 +240,26 @@ impl Domain {
             return Err(AuthFailure::InvalidCode.into());
         }
         if !self.store.complete_pending(session.id, now).await? {
-            self.release_attempt(&user).await?;
+            self.release_attempt(&user, attempt).await?;
             return Err(AuthFailure::InvalidToken.into());
         }
         self.validator.forget_session(session.id).await;
-        self.record_success(&user).await?;
         let methods = vec![AuthMethod::Password, method.auth_method()];
-        self.start_session(
-            ctx,
-            user,
-            session.client,
-            Some(session.lifetime),
-            methods,
-            now,
-            Action::MfaSucceeded,
-        )
-        .await
+        // The success is recorded in the session's transaction.
+        let issued = self
+            .start_session(
+                ctx,
+                user,
+                session.client,
+                Some(session.lifetime),
+                methods,
+                now,
+                Action::MfaSucceeded,
+                Some(attempt),
+            )
+            .await;
+        self.attempts_settled.notify_waiters();
+        issued
     }
 
     /// Checks a code for `user`, using it up when right.
@@ -382,17 +388,17 @@ impl Domain {
         };
         let now = self.clock.now();
         let ctx = ctx.acting_as(caller);
-        if !self.reserve_attempt(&user).await? {
+        let Some(attempt) = self.reserve_attempt(&ctx, &user, Action::MfaFailed).await? else {
             return Err(AuthFailure::InvalidCode.into());
-        }
+        };
         let secret = self.mfa.sealer.open(&totp_context(user.id), &row.sealed)?;
         let Some(step) =
             totp(&secret, user.email.as_str(), &self.mfa.issuer)?.check(&code, unix_seconds(now))
         else {
-            self.record_failure(&ctx, &user, Action::MfaFailed, "totp confirmation").await?;
+            self.record_failure(&ctx, &user, attempt, Action::MfaFailed, "totp confirmation").await?;
             return Err(AuthFailure::InvalidCode.into());
         };
-        self.record_success(&user).await?;
+        self.record_success(&user, attempt).await?;
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("totp");
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
@@ -441,14 +447,14 @@ impl Domain {
         }
         let now = self.clock.now();
         let ctx = ctx.acting_as(caller);
-        if !self.reserve_attempt(&user).await? {
+        let Some(attempt) = self.reserve_attempt(&ctx, &user, Action::MfaFailed).await? else {
             return Err(AuthFailure::InvalidCode.into());
-        }
+        };
         if !self.check_code(&user, None, code, now).await? {
-            self.record_failure(&ctx, &user, Action::MfaFailed, "email confirmation").await?;
+            self.record_failure(&ctx, &user, attempt, Action::MfaFailed, "email confirmation").await?;
             return Err(AuthFailure::InvalidCode.into());
         }
-        self.record_success(&user).await?;
+        self.record_success(&user, attempt).await?;
         let (shown, digests) = self.recovery_set_if_first(&user)?.unzip();
         let event =
             ctx.event(now, Action::MfaEnabled, Outcome::Success, format!("user:{}", user.id)).detail("email");
@@ -483,20 +489,20 @@ impl Domain {
             return Err(Error::invalid("method", "this method is not enrolled for the user"));
         }
         let ctx = ctx.acting_as(caller);
-        if !self.reserve_attempt(&user).await? {
+        let Some(attempt) = self.reserve_attempt(&ctx, &user, Action::MfaDisabled).await? else {
             return Err(AuthFailure::WrongPassword.into());
-        }
+        };
         let stored = self.store.password_hash(user.id).await?;
         if !self.hasher.verify(&password, stored.as_deref()).await?.matched {
-            self.record_failure(&ctx, &user, Action::MfaDisabled, "wrong password").await?;
+            self.record_failure(&ctx, &user, attempt, Action::MfaDisabled, "wrong password").await?;
             return Err(AuthFailure::WrongPassword.into());
         }
         let now = self.clock.now();
         if !self.check_code(&user, None, code, now).await? {
-            self.record_failure(&ctx, &user, Action::MfaDisabled, "wrong code").await?;
+            self.record_failure(&ctx, &user, attempt, Action::MfaDisabled, "wrong code").await?;
             return Err(AuthFailure::InvalidCode.into());
         }
-        self.record_success(&user).await?;
+        self.record_success(&user, attempt).await?;
         let event = ctx.event(now, Action::MfaDisabled, Outcome::Success, format!("user:{}", user.id));
         self.store.disable_mfa(user.id, mfa_changed(Some(session_id)), now, &[event]).await?;
         self.validator.forget_user(user.id).await;

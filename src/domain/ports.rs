@@ -32,9 +32,9 @@ use super::{
     error::Result,
     ids::{KeyId, SessionId, UserId},
     records::{
-        ApiKey, AttemptCounters, AttemptState, AuditEvent, AuditFilter, AuditRecord, CodePurpose, Email,
-        EmailCode, KeyCredential, Lock, NewKey, NewSession, NewUser, RevokeSessions, Rotation, Session,
-        SessionCredential, SessionMatch, StoredTotp, TokenHash, User, UserPatch,
+        ApiKey, AttemptCounters, AttemptId, AttemptState, AuditEvent, AuditFilter, AuditRecord, CodePurpose,
+        Email, EmailCode, KeyCredential, Lock, NewKey, NewSession, NewUser, RevokeSessions, Rotation,
+        Session, SessionCredential, SessionMatch, StoredTotp, TokenHash, User, UserPatch,
     },
 };
 
@@ -252,8 +252,16 @@ pub trait LimitStore: Send + Sync {
     /// Reserves one attempt against account `user_id` (counts it in
     /// flight, and when), unless the account's failed attempts and
     /// attempts in flight already make `max_attempts`, or it is locked at
-    /// `now` (one atomic update). Returns whether it was reserved.
-    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool>;
+    /// `now` (one atomic update), and writes `pending`, the attempt's
+    /// provisional audit row, in the same transaction. Returns the attempt
+    /// when it was reserved.
+    async fn reserve_attempt(
+        &self,
+        user_id: UserId,
+        now: DateTime<Utc>,
+        max_attempts: i32,
+        pending: &AuditEvent,
+    ) -> Result<Option<AttemptId>>;
 
     /// The account's attempt state; `None` when there is no such user.
     async fn attempt_state(&self, user_id: UserId) -> Result<Option<AttemptState>>;
@@ -275,20 +283,24 @@ pub trait LimitStore: Send + Sync {
     /// applied only if the counters are still those it read
     /// (compare-and-set), and then with its own row: the lock starts a new
     /// failure count and counts one more lockout. Returns the end of the
-    /// lock applied, if any.
+    /// lock applied, if any. `events` replace the attempt's provisional row.
     async fn record_failure(
         &self,
         user_id: UserId,
+        attempt: AttemptId,
         events: &[AuditEvent],
         decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>>;
 
-    /// Records a successful (reserved) attempt: releases its reservation
-    /// and clears the account's failures and lockouts.
-    async fn record_success(&self, user_id: UserId) -> Result<()>;
+    /// Records a successful (reserved) attempt, in one transaction:
+    /// releases its reservation, clears the account's failures and
+    /// lockouts, and removes its provisional row (the change the success
+    /// allows writes its own).
+    async fn record_success(&self, user_id: UserId, attempt: AttemptId) -> Result<()>;
 
-    /// Releases a reservation whose password or code was never checked.
-    async fn release_attempt(&self, user_id: UserId) -> Result<()>;
+    /// Releases a reservation whose password or code was never checked,
+    /// with its provisional row.
+    async fn release_attempt(&self, user_id: UserId, attempt: AttemptId) -> Result<()>;
 }
 
 /// Second factors: TOTP secrets, recovery codes, emailed codes, and the

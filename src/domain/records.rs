@@ -399,6 +399,10 @@ pub struct NewSession {
     pub client: ClientInfo,
     /// How it was authenticated.
     pub auth_methods: Vec<AuthMethod>,
+    /// The reserved attempt this session is the success of: recorded (its
+    /// reservation released, the account's failures cleared, its
+    /// provisional row replaced) in the session's transaction.
+    pub settles: Option<AttemptId>,
 }
 
 /// Sessions a change ends in its own transaction: every live session of the
@@ -625,6 +629,18 @@ impl CodePurpose {
 }
 
 // === Abuse protection ===
+
+/// A reserved attempt (password or code check), named by its provisional
+/// audit row: written with the reservation, so an attempt whose record
+/// never commits still shows in the audit log as a failure; the record of
+/// the attempt replaces it in its own transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttemptId(pub i64);
+
+/// The detail of a provisional attempt row, as it reads if the attempt's
+/// record never replaced it.
+pub const UNRECORDED_ATTEMPT: &str =
+    "attempt started; its result was never recorded (database error), so it counts as a failure";
 
 /// An account's attempt counters, as the store read them in the
 /// transaction that records a failure.

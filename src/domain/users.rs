@@ -185,15 +185,16 @@ impl Domain {
         let ctx = ctx.acting_as(caller);
         let user = self.store.user(caller.user_id).await?.ok_or(Error::NotFound("user"))?;
         // A wrong current password counts toward the lockout like a wrong login.
-        if !self.reserve_attempt(&user).await? {
+        let Some(attempt) = self.reserve_attempt(&ctx, &user, Action::PasswordChanged).await? else {
             return Err(AuthFailure::WrongPassword.into());
-        }
+        };
         let stored = self.store.password_hash(caller.user_id).await?;
         if !self.hasher.verify(&current, stored.as_deref()).await?.matched {
-            self.record_failure(&ctx, &user, Action::PasswordChanged, "wrong current password").await?;
+            self.record_failure(&ctx, &user, attempt, Action::PasswordChanged, "wrong current password")
+                .await?;
             return Err(AuthFailure::WrongPassword.into());
         }
-        self.record_success(&user).await?;
+        self.record_success(&user, attempt).await?;
         let hash = self.hasher.hash(new).await?;
         let now = self.clock.now();
         let event = ctx.event(now, Action::PasswordChanged, Outcome::Success, format!("user:{}", user.id));

@@ -1,5 +1,7 @@
 //! The audit log: rows are inserted inside the transaction of the change
-//! they record, and only ever read afterwards.
+//! they record, and only ever read afterwards; the one exception is an
+//! attempt's provisional row ([`AttemptId`]), which the attempt's record
+//! replaces in its own transaction.
 
 use async_trait::async_trait;
 use sea_orm::{
@@ -11,7 +13,7 @@ use super::{SqlStore, entity::audit_events, unavailable};
 use crate::domain::{
     error::Result,
     ports::AuditStore,
-    records::{AuditEvent, AuditFilter, AuditRecord},
+    records::{AttemptId, AuditEvent, AuditFilter, AuditRecord, UNRECORDED_ATTEMPT},
 };
 
 /// Inserts `events` on `conn` (a transaction, normally).
@@ -19,7 +21,39 @@ pub(crate) async fn write<C: ConnectionTrait>(conn: &C, events: &[AuditEvent]) -
     if events.is_empty() {
         return Ok(());
     }
-    let rows = events.iter().map(|event| audit_events::ActiveModel {
+    audit_events::Entity::insert_many(events.iter().map(|event| row(event, &event.detail)))
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Inserts an attempt's provisional row on `conn` (the reservation's
+/// transaction); its detail is always [`UNRECORDED_ATTEMPT`].
+pub(crate) async fn write_pending<C: ConnectionTrait>(conn: &C, event: &AuditEvent) -> Result<AttemptId> {
+    let inserted =
+        audit_events::Entity::insert(row(event, UNRECORDED_ATTEMPT)).exec(conn).await.map_err(unavailable)?;
+    Ok(AttemptId(inserted.last_insert_id))
+}
+
+/// Removes an attempt's provisional row on `conn` (the transaction of the
+/// attempt's record). Only a provisional row can go: the row must still say
+/// [`UNRECORDED_ATTEMPT`]. Returns whether it was there: `false` means the
+/// attempt was recorded already (a retry whose first try committed), and
+/// its counters must not change again.
+pub(crate) async fn settle_pending<C: ConnectionTrait>(conn: &C, attempt: AttemptId) -> Result<bool> {
+    let removed = audit_events::Entity::delete_many()
+        .filter(audit_events::Column::Id.eq(attempt.0))
+        .filter(audit_events::Column::Detail.eq(UNRECORDED_ATTEMPT))
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(removed.rows_affected == 1)
+}
+
+/// The row of `event`, with `detail`, each field cut to its column's length.
+fn row(event: &AuditEvent, detail: &str) -> audit_events::ActiveModel {
+    audit_events::ActiveModel {
         at: Set(event.at),
         action: Set(event.action.as_str().to_owned()),
         outcome: Set(event.outcome.as_str().to_owned()),
@@ -28,12 +62,10 @@ pub(crate) async fn write<C: ConnectionTrait>(conn: &C, events: &[AuditEvent]) -
         client_ip: Set(truncate(&event.client_ip, 64)),
         user_agent: Set(truncate(&event.user_agent, 512)),
         request_id: Set(truncate(&event.request_id, 128)),
-        detail: Set(truncate(&event.detail, 512)),
+        detail: Set(truncate(detail, 512)),
         count: Set(event.count),
         ..Default::default()
-    });
-    audit_events::Entity::insert_many(rows).exec(conn).await.map_err(unavailable)?;
-    Ok(())
+    }
 }
 
 fn truncate(text: &str, max: usize) -> String {

@@ -17,7 +17,7 @@ use crate::domain::{
     ids::UserId,
     ports::DecideLock,
     ports::LimitStore,
-    records::{AttemptCounters, AttemptState, AuditEvent},
+    records::{AttemptCounters, AttemptId, AttemptState, AuditEvent},
 };
 
 /// One reservation fewer in flight, never below zero (both dialects).
@@ -90,7 +90,14 @@ impl LimitStore for SqlStore {
 
     /// One conditional increment: parallel reservations cannot pass
     /// `max_attempts`.
-    async fn reserve_attempt(&self, user_id: UserId, now: DateTime<Utc>, max_attempts: i32) -> Result<bool> {
+    async fn reserve_attempt(
+        &self,
+        user_id: UserId,
+        now: DateTime<Utc>,
+        max_attempts: i32,
+        pending: &AuditEvent,
+    ) -> Result<Option<AttemptId>> {
+        let txn = self.begin().await?;
         let result = users::Entity::update_many()
             .col_expr(users::Column::AttemptsInFlight, Expr::col(users::Column::AttemptsInFlight).add(1))
             .col_expr(users::Column::AttemptsReservedAt, Expr::value(Some(now)))
@@ -105,10 +112,15 @@ impl LimitStore for SqlStore {
                     .add(users::Column::LockedUntil.is_null())
                     .add(users::Column::LockedUntil.lte(now)),
             )
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(unavailable)?;
-        Ok(result.rows_affected == 1)
+        if result.rows_affected != 1 {
+            return Ok(None);
+        }
+        let attempt = audit::write_pending(&txn, pending).await?;
+        txn.commit().await.map_err(unavailable)?;
+        Ok(Some(attempt))
     }
 
     async fn attempt_state(&self, user_id: UserId) -> Result<Option<AttemptState>> {
@@ -145,10 +157,14 @@ impl LimitStore for SqlStore {
     async fn record_failure(
         &self,
         user_id: UserId,
+        attempt: AttemptId,
         events: &[AuditEvent],
         decide: DecideLock<'_>,
     ) -> Result<Option<DateTime<Utc>>> {
         let txn = self.begin().await?;
+        if !audit::settle_pending(&txn, attempt).await? {
+            return Ok(None);
+        }
         users::Entity::update_many()
             .col_expr(users::Column::FailedAttempts, Expr::col(users::Column::FailedAttempts).add(1))
             .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
@@ -185,32 +201,53 @@ impl LimitStore for SqlStore {
         Ok(locked.map(|lock| lock.until))
     }
 
-    async fn record_success(&self, user_id: UserId) -> Result<()> {
-        users::Entity::update_many()
-            .col_expr(users::Column::FailedAttempts, Expr::value(0))
-            .col_expr(users::Column::Lockouts, Expr::value(0))
-            .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
-            .filter(users::Column::Id.eq(user_id.get()))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(users::Column::FailedAttempts.gt(0))
-                    .add(users::Column::Lockouts.gt(0))
-                    .add(users::Column::AttemptsInFlight.gt(0)),
-            )
-            .exec(&self.db)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+    async fn record_success(&self, user_id: UserId, attempt: AttemptId) -> Result<()> {
+        let txn = self.begin().await?;
+        settle_success(&txn, user_id, attempt).await?;
+        txn.commit().await.map_err(unavailable)
     }
 
-    async fn release_attempt(&self, user_id: UserId) -> Result<()> {
+    async fn release_attempt(&self, user_id: UserId, attempt: AttemptId) -> Result<()> {
+        let txn = self.begin().await?;
+        if !audit::settle_pending(&txn, attempt).await? {
+            return Ok(());
+        }
         users::Entity::update_many()
             .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
             .filter(users::Column::Id.eq(user_id.get()))
             .filter(users::Column::AttemptsInFlight.gt(0))
-            .exec(&self.db)
+            .exec(&txn)
             .await
             .map_err(unavailable)?;
-        Ok(())
+        txn.commit().await.map_err(unavailable)
     }
+}
+
+/// A successful attempt's record, on `conn` (a transaction: its own, or the
+/// one that starts the session the success allows): releases the
+/// reservation, clears the account's failures and lockouts, and removes the
+/// attempt's provisional row; nothing if it was recorded already.
+pub(crate) async fn settle_success<C: ConnectionTrait>(
+    conn: &C,
+    user_id: UserId,
+    attempt: AttemptId,
+) -> Result<()> {
+    if !audit::settle_pending(conn, attempt).await? {
+        return Ok(());
+    }
+    users::Entity::update_many()
+        .col_expr(users::Column::FailedAttempts, Expr::value(0))
+        .col_expr(users::Column::Lockouts, Expr::value(0))
+        .col_expr(users::Column::AttemptsInFlight, Expr::cust(RELEASE_ONE))
+        .filter(users::Column::Id.eq(user_id.get()))
+        .filter(
+            sea_orm::Condition::any()
+                .add(users::Column::FailedAttempts.gt(0))
+                .add(users::Column::Lockouts.gt(0))
+                .add(users::Column::AttemptsInFlight.gt(0)),
+        )
+        .exec(conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
 }

@@ -92,6 +92,9 @@ impl SessionStore for SqlStore {
         .map_err(conflict_or_unavailable("session"))?
         .try_into()?;
         audit::write(&txn, &audit(&session)).await?;
+        if let Some(attempt) = new.settles {
+            super::limits::settle_success(&txn, new.user_id, attempt).await?;
+        }
         txn.commit().await.map_err(unavailable)?;
         Ok(session)
     }

@@ -661,6 +661,7 @@ async fn the_last_seen_writer_writes_what_is_queued_when_stopped_or_dropped(back
                 absolute_expires_at: epoch() + Duration::days(1),
                 client: ClientInfo::default(),
                 auth_methods: vec![AuthMethod::Password],
+                settles: None,
             },
             &|_| Vec::new(),
         )

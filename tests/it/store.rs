@@ -27,7 +27,11 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::support::{Backend, TestApp, TestDb, USER_PASSWORD, assert_error, epoch, test_config};
+use crate::{
+    http::poll,
+    login::{audit_rows, counters, login_request, scalar},
+    support::{Backend, TestApp, TestDb, USER_PASSWORD, assert_error, epoch, test_config},
+};
 
 crate::db_tests!(
     cache_miss_read_refuses_revoked_expired_disabled_and_pending,
@@ -83,6 +87,7 @@ async fn session(
                 absolute_expires_at: epoch() + Span::days(1),
                 client: ClientInfo::default(),
                 auth_methods: vec![AuthMethod::Password],
+                settles: None,
             },
             &|_| Vec::new(),
         )
@@ -412,6 +417,107 @@ async fn database_outage_fails_fast_and_health_follows() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.stop().await;
+}
+
+/// PostgreSQL fails while a login's password is being checked. Whatever
+/// the password and however long the fault lasts, the attempt is never
+/// hidden: if its record cannot commit, the call answers UNAVAILABLE and the
+/// attempt stays in the audit log as a failure (the provisional row its
+/// reservation wrote) and counted in flight; if the fault clears within the
+/// retries, the record commits as usual, with one row for the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_fault_mid_login_never_hides_the_attempt() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let db = TestDb::create(&backend).await;
+    let (upstream, _) = through(&db.url, None);
+    let proxy = Proxy::start(upstream).await;
+    let mut config = test_config(&db);
+    config.database_url = through(&db.url, Some(proxy.addr)).1;
+    config.health_probe_interval = Duration::from_millis(200);
+    // A hash slow enough to cut the database while it runs.
+    config.argon2_memory_kib = 8 * 1024;
+    config.argon2_iterations = 150;
+    config.request_timeout = Duration::from_mins(1);
+    let app = TestApp::start_on(db, config, ManualClock::new(epoch())).await;
+    let ann = "ann@example.com";
+    app.create_user(ann, USER_PASSWORD, Role::User).await;
+    let hashing = {
+        let started = Instant::now();
+        app.login(ann, USER_PASSWORD).await;
+        started.elapsed()
+    };
+    let unrecorded = format!(
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'login.failed' AND detail = '{}'",
+        portcullis::domain::records::UNRECORDED_ATTEMPT
+    );
+    let sessions = "SELECT COUNT(*) FROM sessions";
+
+    // The fault outlasts the retries: the call fails, the attempt stays.
+    let wrong = login_across_a_fault(&app, &proxy, ann, "wrong password", None).await;
+    assert_error(&wrong.unwrap_err(), Code::Unavailable, "UNAVAILABLE");
+    assert_eq!(scalar(&app.db, &unrecorded).await, 1, "a wrong password whose record was lost is a failure");
+    assert_eq!(counters(&app.db, ann).await, (0, 1, false), "and counted in flight");
+    let right = login_across_a_fault(&app, &proxy, ann, USER_PASSWORD, None).await;
+    assert_error(&right.unwrap_err(), Code::Unavailable, "UNAVAILABLE");
+    assert_eq!(scalar(&app.db, &unrecorded).await, 2, "a right password whose record was lost too");
+    assert_eq!(scalar(&app.db, sessions).await, 1, "and it started no session");
+    assert_eq!(audit_rows(&app.db, "login.succeeded").await, 1);
+    assert_eq!(counters(&app.db, ann).await, (0, 2, false));
+
+    // The fault clears within the retries: each attempt is recorded once.
+    let heal = Some(hashing + Duration::from_millis(300));
+    let wrong = login_across_a_fault(&app, &proxy, ann, "wrong password", heal).await;
+    assert_error(&wrong.unwrap_err(), Code::Unauthenticated, "UNAUTHORIZED");
+    assert_eq!(scalar(&app.db, &unrecorded).await, 2, "the provisional row was replaced");
+    assert_eq!(audit_rows(&app.db, "login.failed").await, 3);
+    assert_eq!(counters(&app.db, ann).await, (1, 2, false));
+    login_across_a_fault(&app, &proxy, ann, USER_PASSWORD, heal).await.expect("the login succeeds");
+    assert_eq!(scalar(&app.db, sessions).await, 2);
+    assert_eq!(audit_rows(&app.db, "login.succeeded").await, 2);
+    assert_eq!(audit_rows(&app.db, "login.failed").await, 3, "the success replaced its provisional row");
+    assert_eq!(counters(&app.db, ann).await, (0, 2, false), "the success released its own reservation only");
+    app.stop().await;
+}
+
+/// Logs in, cutting the database once the attempt is reserved (its password
+/// is being checked), and bringing it back `heal` later, or after the call
+/// ended.
+async fn login_across_a_fault(
+    app: &TestApp,
+    proxy: &Proxy,
+    email: &str,
+    password: &str,
+    heal: Option<Duration>,
+) -> Result<portcullis::proto::v1::LoginResponse, tonic::Status> {
+    let unsettled = "SELECT COUNT(*) FROM audit_events WHERE detail = $1";
+    let unsettled =
+        unsettled.replace("$1", &format!("'{}'", portcullis::domain::records::UNRECORDED_ATTEMPT));
+    let before = scalar(&app.db, &unsettled).await;
+    let mut auth = app.auth();
+    let request = login_request(email, password);
+    let call = tokio::spawn(async move { auth.login(request).await.map(tonic::Response::into_inner) });
+    poll("the attempt's reservation", Duration::from_secs(30), || async {
+        assert!(!call.is_finished(), "the login ended before the fault: make its hash slower");
+        (scalar(&app.db, &unsettled).await > before).then_some(())
+    })
+    .await;
+    proxy.cut();
+    if let Some(after) = heal {
+        tokio::time::sleep(after).await;
+        proxy.restore().await;
+    }
+    let result = call.await.unwrap();
+    if heal.is_none() {
+        proxy.restore().await;
+    }
+    // The server is back before the next step reads or logs in.
+    poll("health after the fault", Duration::from_secs(15), || async {
+        (health(app, "").await == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    result
 }
 
 /// Several `migrate`s at once on one fresh PostgreSQL database (replicas
