@@ -261,15 +261,7 @@ impl KeyStore for SqlStore {
             std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "$1"));
         static SQLITE: std::sync::LazyLock<String> =
             std::sync::LazyLock::new(|| COLUMNS.replace("{h}", "?1"));
-        let hash = hash.0.as_slice();
-        let row: Option<Row> = match self.pool() {
-            Pool::Postgres(pool) => {
-                self.gated(sqlx::query_as(POSTGRES.as_str()).bind(hash).fetch_optional(pool)).await?
-            }
-            Pool::Sqlite(pool) => {
-                self.gated(sqlx::query_as(SQLITE.as_str()).bind(hash).fetch_optional(pool)).await?
-            }
-        };
+        let row: Option<Row> = self.read_row(POSTGRES.as_str(), SQLITE.as_str(), hash.0.as_slice()).await?;
         let Some((id, owner_id, scopes, expires_at, revoked_at, last_used_at, email, role, disabled)) = row
         else {
             return Ok(None);

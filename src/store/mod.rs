@@ -18,6 +18,7 @@ mod entity;
 mod keys;
 mod limits;
 mod mfa;
+mod readers;
 mod sessions;
 mod users;
 
@@ -29,6 +30,7 @@ use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbErr, SqlErr};
 
 use self::breaker::{Breaker, Gated};
 pub use self::connect::{ConnectError, PoolSettings};
+use self::readers::{Readers, reader_count};
 use crate::domain::{
     error::{Error, Result},
     ports::{RevocationListener, Store},
@@ -39,6 +41,8 @@ use crate::domain::{
 pub struct SqlStore {
     /// Every statement goes through the circuit breaker.
     db: Gated,
+    /// Dedicated connections for the validator's one-row reads.
+    readers: Arc<AnyReaders>,
     /// How long a call waits for a connection (and the health ping for an
     /// answer).
     timeout: Duration,
@@ -62,7 +66,65 @@ impl SqlStore {
     /// authentication failed, cannot open the file).
     pub async fn connect_with(url: &str, settings: PoolSettings) -> std::result::Result<Self, ConnectError> {
         let inner = connect::open(url, settings).await?;
-        Ok(Self { db: Gated { inner, breaker: Arc::new(Breaker::default()) }, timeout: settings.timeout })
+        let breaker = Arc::new(Breaker::new(settings.timeout));
+        let count = reader_count(settings.max_connections);
+        let readers = if inner.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let options = inner.get_postgres_connection_pool().connect_options();
+            AnyReaders::Postgres(Readers::new(count, (*options).clone(), settings.timeout))
+        } else {
+            // Another connection to an in-memory database would be another
+            // database.
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            let options = inner.get_sqlite_connection_pool().connect_options();
+            let count = if in_memory { 0 } else { count };
+            AnyReaders::Sqlite(Readers::new(count, (*options).clone(), settings.timeout))
+        };
+        Ok(Self { db: Gated { inner, breaker }, readers: Arc::new(readers), timeout: settings.timeout })
+    }
+
+    /// At most one row of one of the validator's reads (`postgres` and
+    /// `sqlite` are the statement in each dialect, with `key` as its one
+    /// parameter): on a dedicated reader, or on the pool when every reader
+    /// is busy; through the breaker either way.
+    pub(crate) async fn read_row<R>(
+        &self,
+        postgres: &'static str,
+        sqlite: &'static str,
+        key: &[u8],
+    ) -> Result<Option<R>>
+    where
+        R: Send
+            + Unpin
+            + for<'r> sea_orm::sqlx::FromRow<'r, sea_orm::sqlx::postgres::PgRow>
+            + for<'r> sea_orm::sqlx::FromRow<'r, sea_orm::sqlx::sqlite::SqliteRow>,
+    {
+        use sea_orm::sqlx::{PgConnection, SqliteConnection, query_as};
+        match (&*self.readers, self.pool()) {
+            (AnyReaders::Postgres(readers), Pool::Postgres(pool)) => {
+                self.gated(async {
+                    let query =
+                        async |c: &mut PgConnection| query_as(postgres).bind(key).fetch_optional(c).await;
+                    match readers.run(query).await {
+                        Some(read) => read,
+                        None => query_as(postgres).bind(key).fetch_optional(pool).await,
+                    }
+                })
+                .await
+            }
+            (AnyReaders::Sqlite(readers), Pool::Sqlite(pool)) => {
+                self.gated(async {
+                    let query =
+                        async |c: &mut SqliteConnection| query_as(sqlite).bind(key).fetch_optional(c).await;
+                    match readers.run(query).await {
+                        Some(read) => read,
+                        None => query_as(sqlite).bind(key).fetch_optional(pool).await,
+                    }
+                })
+                .await
+            }
+            (_, Pool::Postgres(pool)) => self.gated(query_as(postgres).bind(key).fetch_optional(pool)).await,
+            (_, Pool::Sqlite(pool)) => self.gated(query_as(sqlite).bind(key).fetch_optional(pool)).await,
+        }
     }
 
     /// The connection without the breaker (start-up, migrations, pools).
@@ -197,6 +259,13 @@ impl Store for SqlStore {
         listener.listen(REVOCATION_CHANNEL).await.map_err(|e| Error::Unavailable(Box::new(e)))?;
         Ok(Box::new(PgRevocations(listener)))
     }
+}
+
+/// The readers of the store's backend.
+#[derive(Debug)]
+enum AnyReaders {
+    Postgres(Readers<sea_orm::sqlx::PgConnection>),
+    Sqlite(Readers<sea_orm::sqlx::SqliteConnection>),
 }
 
 /// A backend's sqlx pool.
