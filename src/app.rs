@@ -102,6 +102,7 @@ impl App {
                 max_connections: config.database_max_connections,
                 timeout: config.database_timeout,
                 sqlite_wait: config.request_timeout,
+                readers: config.database_read_connections,
             },
         ))
         .await?;

@@ -23,6 +23,10 @@ pub struct Config {
     pub database_url: String,
     /// Most database connections held open.
     pub database_max_connections: u32,
+    /// Connections of their own for the validator's cache-miss reads, on
+    /// top of the pool (no check-out, no test on return); unset: one per
+    /// core, 2 to 8, at most half of `database_max_connections`; 0: none.
+    pub database_read_connections: Option<u32>,
     /// Longest wait for a database connection (and for a new one to open);
     /// then the call answers UNAVAILABLE. Short, so an outage fails fast.
     #[serde(with = "humantime_serde")]
@@ -295,6 +299,7 @@ impl Default for Config {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: "sqlite://portcullis.db?mode=rwc".into(),
             database_max_connections: 10,
+            database_read_connections: None,
             database_timeout: Duration::from_millis(500),
             migrate_on_start: true,
             token_prefix: "pcs".into(),
@@ -484,6 +489,9 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return bad("database_max_connections", "must be at least 1");
+        }
+        if self.database_read_connections.is_some_and(|n| n > 64) {
+            return bad("database_read_connections", "must be at most 64");
         }
         if self.database_timeout < Duration::from_millis(10) || self.database_timeout > Duration::from_mins(5)
         {

@@ -36,6 +36,9 @@ pub struct PoolSettings {
     /// writes one at a time); a burst of logins must queue, not fail. The
     /// server passes its `request_timeout`.
     pub sqlite_wait: Duration,
+    /// Dedicated connections for the validator's reads (`None`: as many
+    /// as [`reader_count`](super::readers::reader_count) says).
+    pub readers: Option<u32>,
 }
 
 impl Default for PoolSettings {
@@ -44,6 +47,7 @@ impl Default for PoolSettings {
             max_connections: 10,
             timeout: Duration::from_millis(500),
             sqlite_wait: Duration::from_secs(10),
+            readers: None,
         }
     }
 }

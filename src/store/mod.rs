@@ -67,7 +67,9 @@ impl SqlStore {
     pub async fn connect_with(url: &str, settings: PoolSettings) -> std::result::Result<Self, ConnectError> {
         let inner = connect::open(url, settings).await?;
         let breaker = Arc::new(Breaker::new(settings.timeout));
-        let count = reader_count(settings.max_connections);
+        let count = settings
+            .readers
+            .map_or_else(|| reader_count(settings.max_connections), |n| usize::try_from(n).unwrap_or(0));
         let readers = if inner.get_database_backend() == sea_orm::DbBackend::Postgres {
             let options = inner.get_postgres_connection_pool().connect_options();
             AnyReaders::Postgres(Readers::new(count, (*options).clone(), settings.timeout))
