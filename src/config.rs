@@ -25,7 +25,7 @@ pub struct Config {
     pub database_max_connections: u32,
     /// Connections of their own for the validator's cache-miss reads, on
     /// top of the pool (no check-out, no test on return); unset: one per
-    /// core, 2 to 8, at most half of `database_max_connections`; 0: none.
+    /// core, 4 to 8, at most half of `database_max_connections`; 0: none.
     pub database_read_connections: Option<u32>,
     /// Longest wait for a database connection (and for a new one to open);
     /// then the call answers UNAVAILABLE. Short, so an outage fails fast.

@@ -100,13 +100,15 @@ impl<C: Connection> Readers<C> {
     }
 }
 
-/// How many readers a store gets: one per core, at least two, at most
-/// eight, and never more than half the pool's size.
+/// How many readers a store gets: one per core, at least four (with 16
+/// misses in flight on 2 cores, two readers left most of them to the pool;
+/// four halved those), at most eight, and never more than half the pool's
+/// size.
 #[must_use]
 pub(crate) fn reader_count(max_connections: u32) -> usize {
     let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
     let half_pool = usize::try_from(max_connections / 2).unwrap_or(usize::MAX);
-    cores.clamp(2, 8).min(half_pool)
+    cores.clamp(4, 8).min(half_pool)
 }
 
 #[cfg(test)]
