@@ -2,15 +2,13 @@
 //! stack for both — and the extractor every handler starts with.
 //!
 //! [`stack`] writes the order down once, outermost first:
-//! 1. [`id`]: a bad `x-request-id` is dropped, then tower-http keeps the
-//!    caller's id or makes one, records it as an extension and returns it on
-//!    every response;
-//! 2. [`observe`]: tower-http's `TraceLayer` opens the call's span (with the
-//!    request id, continuing the caller's trace) and, when the call ends,
-//!    records its status on the span, in the metrics and in one log line —
+//! 1. [`observe`]: keeps the caller's `x-request-id` or makes one ([`id`]),
+//!    opens the call's span (with the request id, continuing the caller's
+//!    trace), bounds its time ([`timeout`]: answered with the request id)
+//!    and, when the call ends, returns the id on the response and records
+//!    its status on the span, in the metrics and in one log line —
 //!    `CANCELLED` when the client went away first;
-//! 3. [`timeout`]: the call's time limit, answered with the request id;
-//! 4. dispatch: `content-type: application/grpc*` goes to the gRPC routes,
+//! 2. dispatch: `content-type: application/grpc*` goes to the gRPC routes,
 //!    everything else to the HTTP router.
 //!
 //! [`call`] builds a handler's context and caller from the request.
@@ -28,8 +26,7 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use tower::{Service, ServiceBuilder};
-use tower_http::{request_id::PropagateRequestIdLayer, request_id::SetRequestIdLayer, trace::TraceLayer};
+use tower::{Layer as _, Service};
 
 pub use call::{Call, Source};
 
@@ -67,26 +64,9 @@ pub fn stack(
 > + Clone
 + Send
 + 'static {
-    ServiceBuilder::new()
-        // A bad id is replaced, never echoed.
-        .layer(id::DropInvalidIdLayer)
-        // Keeps or makes the id; handlers read it from the extensions.
-        .layer(SetRequestIdLayer::new(id::HEADER, id::MakeUuid))
-        // Every response carries it, errors and timeouts included.
-        .layer(PropagateRequestIdLayer::new(id::HEADER))
-        // The call's span, metrics and log line.
-        .layer(
-            TraceLayer::new(observe::Classify::new(metrics, settings.log_calls))
-                .make_span_with(observe::MakeCallSpan)
-                .on_request(())
-                .on_response(())
-                .on_body_chunk(())
-                .on_eos(())
-                .on_failure(()),
-        )
-        // The time limit, answered inside the id and span layers.
-        .layer(timeout::TimeoutLayer::new(settings.timeout))
-        .service(Dispatch { grpc, http })
+    // One layer: the id, the span, the time limit, the metrics and the log
+    // line of every call (see the module docs).
+    observe::ObserveLayer::new(metrics, settings.timeout, settings.log_calls).layer(Dispatch { grpc, http })
 }
 
 /// Sends gRPC calls to the gRPC routes and the rest to the HTTP router.
