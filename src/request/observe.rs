@@ -38,7 +38,7 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::{id, is_grpc, timeout};
+use super::{AnyBody, id, is_grpc, timeout};
 use crate::{
     errors::{self, Problem},
     metrics::{HttpLabels, Metrics, RpcMethod},
@@ -107,7 +107,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> Service<Request<B>> for Observe<S>
 where
-    S: Service<Request<B>, Response = Response<axum::body::Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<AnyBody>, Error = Infallible>,
     S::Future: Send + 'static,
 {
     type Response = Response<CallBody>;
@@ -153,7 +153,11 @@ where
                     let _entered = pending.span.enter();
                     tracing::warn!(timeout = ?limit, "request timed out");
                     let problem = Problem::new(errors::DEADLINE_EXCEEDED, "request timed out");
-                    if grpc { problem.into_grpc_response() } else { problem.into_s4e_response() }
+                    if grpc {
+                        problem.into_grpc_response().map(AnyBody::Axum)
+                    } else {
+                        problem.into_s4e_response().map(AnyBody::Axum)
+                    }
                 }
             };
             if !response.headers().contains_key(id::HEADER) {
@@ -269,7 +273,7 @@ enum Kind {
 impl Pending {
     /// Records the outcome if the response headers carry it, else hands
     /// the call to the body, which reads it from the trailers.
-    fn classify(mut self, response: Response<axum::body::Body>) -> Response<CallBody> {
+    fn classify(mut self, response: Response<AnyBody>) -> Response<CallBody> {
         match self.kind {
             Kind::Http(_) => {
                 let route = response.extensions().get::<Route>().copied();
@@ -365,7 +369,7 @@ impl Drop for Pending {
 /// records the call's outcome from them (`UNKNOWN` when the stream ends
 /// without, `INTERNAL` when the body fails).
 pub struct CallBody {
-    inner: axum::body::Body,
+    inner: AnyBody,
     pending: Option<Box<Pending>>,
 }
 
