@@ -92,7 +92,8 @@ pub struct Config {
     /// How long an unknown token is remembered as unknown.
     #[serde(with = "humantime_serde")]
     pub token_negative_cache_ttl: Duration,
-    /// Most tokens held in the cache.
+    /// Most valid tokens held in the cache; unknown tokens are held apart,
+    /// at most a quarter as many.
     pub token_cache_capacity: u64,
     /// Largest gRPC request message accepted, in bytes.
     pub max_message_bytes: usize,

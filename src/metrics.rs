@@ -12,7 +12,14 @@
 //! `OpenMetrics` (which Prometheus reads); every other path is 404, another
 //! method on `/metrics` is 405.
 
-use std::{collections::HashMap, convert::Infallible, fmt, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -110,9 +117,40 @@ pub struct Metrics {
     validations: Family<ValidationLabels, Counter>,
     logins: Family<OutcomeLabels, Counter>,
     lockouts: Counter,
-    /// gRPC path → (service, method), for every method served.
-    methods: HashMap<&'static str, (&'static str, &'static str)>,
+    /// gRPC path → the method's index in `rpc_handles`, for every method
+    /// served.
+    methods: HashMap<&'static str, RpcMethod>,
+    /// Per method served (and one more for `unknown`), its labels and, per
+    /// gRPC code, the counter and histogram of that label set once used:
+    /// recording a call then takes no lock and hashes nothing.
+    rpc_handles: Box<[MethodHandles]>,
+    /// `token_validations{source, result="valid"}` per source, once used.
+    valid_handles: [(&'static str, OnceLock<Counter>); 3],
 }
+
+/// A gRPC method as [`Metrics`] knows it: resolved once per call from its
+/// path, then used to label the call's span and record its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcMethod(usize);
+
+/// The recording handles of one gRPC method.
+struct MethodHandles {
+    /// `package.Service/Method`.
+    name: &'static str,
+    service: &'static str,
+    method: &'static str,
+    /// Indexed by the gRPC code's number (0 to 16).
+    codes: [OnceLock<(Counter, Histogram)>; 17],
+}
+
+impl MethodHandles {
+    fn new(name: &'static str, service: &'static str, method: &'static str) -> Self {
+        Self { name, service, method, codes: std::array::from_fn(|_| OnceLock::new()) }
+    }
+}
+
+/// The `source` labels of token validations.
+const VALIDATION_SOURCES: [&str; 3] = ["validate_token", "envoy_check", "forward_auth"];
 
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -174,15 +212,20 @@ impl Metrics {
         let lockouts = Counter::default();
         registry.register("lockouts", "Accounts locked after too many failed attempts", lockouts.clone());
         registry.register_collector(Box::new(Live { hasher, pool: pool.map(DebugProbe) }));
-        let methods = methods
-            .into_iter()
-            .map(|(service, method)| {
-                let path: &'static str = Box::leak(format!("/{service}/{method}").into_boxed_str());
-                let service: &'static str = Box::leak(service.into_boxed_str());
-                let method: &'static str = Box::leak(method.into_boxed_str());
-                (path, (service, method))
-            })
-            .collect();
+        let mut rpc_handles = Vec::new();
+        let mut paths = HashMap::new();
+        for (service, method) in methods {
+            let path: &'static str = Box::leak(format!("/{service}/{method}").into_boxed_str());
+            let service: &'static str = Box::leak(service.into_boxed_str());
+            let method: &'static str = Box::leak(method.into_boxed_str());
+            if let std::collections::hash_map::Entry::Vacant(vacant) = paths.entry(path) {
+                vacant.insert(RpcMethod(rpc_handles.len()));
+                let name = path.strip_prefix('/').unwrap_or(path);
+                rpc_handles.push(MethodHandles::new(name, service, method));
+            }
+        }
+        // The last one: every path no service serves.
+        rpc_handles.push(MethodHandles::new("unknown", "unknown", "unknown"));
         Arc::new(Self {
             registry,
             rpcs,
@@ -192,7 +235,9 @@ impl Metrics {
             validations,
             logins,
             lockouts,
-            methods,
+            methods: paths,
+            rpc_handles: rpc_handles.into_boxed_slice(),
+            valid_handles: VALIDATION_SOURCES.map(|source| (source, OnceLock::new())),
         })
     }
 
@@ -200,13 +245,42 @@ impl Metrics {
     /// service serves, so callers cannot grow the label set.
     #[must_use]
     pub fn method(&self, path: &str) -> (&'static str, &'static str) {
-        self.methods.get(path).copied().unwrap_or(("unknown", "unknown"))
+        self.labels(self.rpc_method(path))
     }
 
-    /// Records one finished RPC.
-    pub fn record_rpc(&self, labels: &RpcLabels, elapsed: Duration) {
-        self.rpcs.get_or_create(labels).inc();
-        self.rpc_seconds.get_or_create(labels).observe(elapsed.as_secs_f64());
+    /// The method of gRPC `path`, for [`Metrics::record_rpc`].
+    #[must_use]
+    pub fn rpc_method(&self, path: &str) -> RpcMethod {
+        self.methods.get(path).copied().unwrap_or(RpcMethod(self.rpc_handles.len() - 1))
+    }
+
+    /// The (service, method) labels of `method`.
+    #[must_use]
+    pub fn labels(&self, method: RpcMethod) -> (&'static str, &'static str) {
+        self.rpc_handles.get(method.0).map_or(("unknown", "unknown"), |h| (h.service, h.method))
+    }
+
+    /// `package.Service/Method` of `method` (`unknown` for a path no
+    /// service serves).
+    #[must_use]
+    pub fn full_name(&self, method: RpcMethod) -> &'static str {
+        self.rpc_handles.get(method.0).map_or("unknown", |h| h.name)
+    }
+
+    /// Records one finished RPC of `method` that ended with `code`.
+    pub fn record_rpc(&self, method: RpcMethod, code: tonic::Code, elapsed: Duration) {
+        let Some(handles) = self.rpc_handles.get(method.0) else { return };
+        let Some(slot) = handles.codes.get(code as usize) else { return };
+        let (count, seconds) = slot.get_or_init(|| {
+            let labels = RpcLabels {
+                grpc_service: handles.service,
+                grpc_method: handles.method,
+                grpc_code: crate::errors::code_name(code),
+            };
+            (self.rpcs.get_or_create_owned(&labels), self.rpc_seconds.get_or_create_owned(&labels))
+        });
+        count.inc();
+        seconds.observe(elapsed.as_secs_f64());
     }
 
     /// Records one finished HTTP API request.
@@ -218,6 +292,13 @@ impl Metrics {
     /// Records one token validation: `result` is `valid` or the error
     /// table's reason.
     pub fn record_validation(&self, source: &'static str, result: &'static str) {
+        if result == "valid"
+            && let Some((_, slot)) = self.valid_handles.iter().find(|(known, _)| *known == source)
+        {
+            slot.get_or_init(|| self.validations.get_or_create_owned(&ValidationLabels { source, result }))
+                .inc();
+            return;
+        }
         self.validations.get_or_create(&ValidationLabels { source, result }).inc();
     }
 

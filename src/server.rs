@@ -42,7 +42,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
-    sync::{Notify, Semaphore},
+    sync::Semaphore,
 };
 use tokio_rustls::{
     TlsAcceptor,
@@ -246,23 +246,18 @@ impl Connection {
     }
 }
 
-/// When a connection last had a call in flight.
+/// When a connection last had a call in flight. Calls only touch atomics:
+/// nothing wakes the connection's task per call (it checks on a timer).
 struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds from `started` to the last call's start or end.
     last: AtomicU64,
-    changed: Notify,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last: AtomicU64::new(0),
-            changed: Notify::new(),
-        }
+        Self { started: Instant::now(), in_flight: AtomicUsize::new(0), last: AtomicU64::new(0) }
     }
 
     fn touch(&self) {
@@ -270,23 +265,23 @@ impl Activity {
         self.last.store(now, Ordering::Relaxed);
     }
 
-    /// Resolves once no call has been in flight for `timeout`.
+    /// Resolves once no call has been in flight for `timeout`: it sleeps
+    /// until the earliest moment that could be so and looks again (every
+    /// `timeout` while calls are in flight), so it resolves `timeout` after
+    /// the last call ends, as when it was woken at each call.
     async fn idle(&self, timeout: Duration) {
         loop {
-            let changed = self.changed.notified();
-            if self.in_flight.load(Ordering::Acquire) == 0 {
+            let wait = if self.in_flight.load(Ordering::Acquire) == 0 {
                 let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
                 let quiet = self.started.elapsed().saturating_sub(last);
-                if quiet >= timeout {
+                if quiet >= timeout && self.in_flight.load(Ordering::Acquire) == 0 {
                     return;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(timeout.saturating_sub(quiet)) => {}
-                    () = changed => {}
-                }
+                timeout.saturating_sub(quiet)
             } else {
-                changed.await;
-            }
+                timeout
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -322,7 +317,6 @@ where
         request.extensions_mut().insert(self.info.clone());
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         self.activity.touch();
-        self.activity.changed.notify_waiters();
         let guard = InFlight(Arc::clone(&self.activity));
         let call = self.inner.call(request);
         let gone = self.gone.clone();
@@ -345,7 +339,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.0.touch();
-        self.0.changed.notify_waiters();
     }
 }
 

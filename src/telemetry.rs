@@ -83,7 +83,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, log_writer) = tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let log_layer = match config.log_format {
-        LogFormat::Text => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(ansi).fmt_fields(TextFields).with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
     };
     let provider = if otlp_requested() { Some(tracer_provider()?) } else { None };
@@ -106,6 +106,65 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         tracing::info!(endpoint = %otlp_endpoint().unwrap_or_default(), "exporting traces over OTLP/gRPC");
     }
     Ok(Telemetry { provider, _log_writer: Some(log_writer) })
+}
+
+/// The fields of spans and events in the text log, as tracing-subscriber
+/// writes them by default, without the call span's `otel.*` and `rpc.*`
+/// fields: they are for the trace exporter, and formatting them for every
+/// call would cost more than the rest of its span. A call's lines still
+/// name their request id (`rpc{request_id=…}`), and its "rpc finished"
+/// line the method and code.
+struct TextFields;
+
+impl<'writer> fmt::FormatFields<'writer> for TextFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = SkipCallFields(fmt::format::DefaultVisitor::new(writer, true));
+        fields.record(&mut visitor);
+        tracing_subscriber::field::VisitOutput::finish(visitor.0)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let empty = current.fields.is_empty();
+        let mut visitor = SkipCallFields(fmt::format::DefaultVisitor::new(current.as_writer(), empty));
+        fields.record(&mut visitor);
+        tracing_subscriber::field::VisitOutput::finish(visitor.0)
+    }
+}
+
+/// Passes every field but `otel.*` and `rpc.*` on to the default visitor.
+struct SkipCallFields<'writer>(fmt::format::DefaultVisitor<'writer>);
+
+fn skipped(field: &tracing::field::Field) -> bool {
+    let name = field.name();
+    name.starts_with("otel.") || name.starts_with("rpc.")
+}
+
+impl tracing::field::Visit for SkipCallFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if !skipped(field) {
+            self.0.record_debug(field, value);
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if !skipped(field) {
+            self.0.record_str(field, value);
+        }
+    }
+
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        if !skipped(field) {
+            self.0.record_error(field, value);
+        }
+    }
 }
 
 /// A non-empty environment variable.

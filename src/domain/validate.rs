@@ -1,8 +1,10 @@
 //! The hot path: turn a token into a principal, fast and fail-closed.
 //!
 //! Session tokens and API keys alike: parse and checksum the token (no I/O), hash it, look the hash up in an
-//! in-memory cache, and fall back to one indexed database read. Unknown
-//! tokens are cached as unknown for a short time. Revocation on this replica
+//! in-memory cache ([`cache`]), and fall back to one indexed database read.
+//! Unknown tokens are cached as unknown for a short time, in a cache of
+//! their own (a quarter of the capacity), so a flood of invalid tokens
+//! cannot push valid ones out. Revocation on this replica
 //! clears the cache at once; an epoch counter stops a read that raced with a
 //! revocation from putting a stale answer back. Last-seen times are written
 //! coarsely, in batches, never once per validation.
@@ -19,14 +21,17 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
-use moka::{Expiry, sync::Cache};
 use tokio::sync::mpsc;
+
+mod cache;
+
+use cache::TokenCache;
 
 use super::{
     AuthFailure, AuthMethod, CredentialId, Email, Error, KeyId, Principal, Result, Role, SessionId,
@@ -45,23 +50,39 @@ const SEEN_QUEUE: usize = 4096;
 /// Last-seen updates written at once.
 const SEEN_BATCH: usize = 64;
 
-/// What the cache knows about a token hash.
+/// What is known about a token hash.
 #[derive(Clone, Debug)]
 enum Entry {
-    /// A session's current or previous token.
-    Session(Arc<KnownSession>),
+    /// A session's current or previous token (with its auth methods when
+    /// they do not pack into the session's facts: then it is not cached).
+    Session(Arc<KnownSession>, Option<Vec<AuthMethod>>),
     /// An API key.
     Key(Arc<KnownKey>),
     /// No session or key has this token.
     Unknown,
 }
 
-impl Entry {
-    fn user_id(&self) -> Option<UserId> {
+/// What the cache of known tokens holds: an [`Entry`] that is not `Unknown`.
+#[derive(Clone, Debug)]
+enum Known {
+    Session(Arc<KnownSession>),
+    Key(Arc<KnownKey>),
+}
+
+impl Known {
+    fn user_id(&self) -> UserId {
         match self {
-            Entry::Session(known) => Some(known.user_id),
-            Entry::Key(known) => Some(known.owner_id),
-            Entry::Unknown => None,
+            Known::Session(known) => known.user_id,
+            Known::Key(known) => known.owner_id,
+        }
+    }
+}
+
+impl From<Known> for Entry {
+    fn from(known: Known) -> Self {
+        match known {
+            Known::Session(session) => Entry::Session(session, None),
+            Known::Key(key) => Entry::Key(key),
         }
     }
 }
@@ -79,7 +100,7 @@ struct KnownKey {
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
     /// Unix seconds of the last-used time stored or last queued.
-    seen: AtomicI64,
+    seen: AtomicU32,
 }
 
 impl KnownKey {
@@ -104,7 +125,7 @@ impl KnownKey {
             scopes,
             expires_at,
             revoked_at,
-            seen: AtomicI64::new(last_used_at.map_or(i64::MIN, |at| at.timestamp())),
+            seen: AtomicU32::new(last_used_at.map_or(0, |at| unix_seconds(at.timestamp()))),
         }
     }
 
@@ -146,11 +167,13 @@ struct KnownSession {
     previous_valid_until: Option<DateTime<Utc>>,
     auth_methods: Methods,
     /// Unix seconds of the last-seen time stored or last queued.
-    seen: AtomicI64,
+    seen: AtomicU32,
 }
 
 impl KnownSession {
-    fn from_credential(found: SessionCredential) -> Self {
+    /// The facts of `found`, and its auth methods apart when they do not
+    /// pack (then the session is not cached).
+    fn from_credential(found: SessionCredential) -> (Self, Option<Vec<AuthMethod>>) {
         let SessionCredential {
             session_id,
             user_id,
@@ -164,7 +187,8 @@ impl KnownSession {
             auth_methods,
             last_seen_at,
         } = found;
-        Self {
+        let packed = Methods::pack(&auth_methods);
+        let known = Self {
             session_id,
             user_id,
             email,
@@ -175,9 +199,10 @@ impl KnownSession {
             // A previous token with no grace end recorded is already dead.
             previous_valid_until: matched_previous
                 .then(|| previous_valid_until.unwrap_or(DateTime::<Utc>::MIN_UTC)),
-            auth_methods: Methods::new(auth_methods),
-            seen: AtomicI64::new(last_seen_at.timestamp()),
-        }
+            auth_methods: packed.unwrap_or(Methods(0)),
+            seen: AtomicU32::new(unix_seconds(last_seen_at.timestamp())),
+        };
+        (known, packed.is_none().then_some(auth_methods))
     }
 
     /// The principal, if the token is usable at `now`.
@@ -218,47 +243,45 @@ impl KnownSession {
     }
 }
 
-/// A session's auth methods, in order, held without a heap allocation when
-/// there are at most [`Methods::INLINE`] (a session has one or two): a cached
-/// principal stays small.
-#[derive(Debug)]
-enum Methods {
-    Inline { len: u8, items: [AuthMethod; Methods::INLINE] },
-    Heap(Box<[AuthMethod]>),
-}
+/// A session's auth methods, in order, packed in one `u64` (three bits
+/// each, 0 ending the list): a cached session stays small (with its other
+/// facts, 80 bytes: one 112-byte allocation). A session has one or two; one
+/// with more than [`Methods::MAX`] is not cached (see `lookup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Methods(u64);
 
 impl Methods {
-    const INLINE: usize = 6;
+    const MAX: usize = 21;
+    const ALL: [AuthMethod; 5] = [
+        AuthMethod::Password,
+        AuthMethod::Totp,
+        AuthMethod::EmailCode,
+        AuthMethod::RecoveryCode,
+        AuthMethod::AdminLogin,
+    ];
 
-    fn new(methods: Vec<AuthMethod>) -> Self {
-        if methods.len() > Self::INLINE {
-            return Self::Heap(methods.into_boxed_slice());
+    /// The packed list, or `None` when it is longer than [`Methods::MAX`].
+    fn pack(methods: &[AuthMethod]) -> Option<Self> {
+        if methods.len() > Self::MAX {
+            return None;
         }
-        let mut items = [AuthMethod::Password; Self::INLINE];
-        items[..methods.len()].copy_from_slice(&methods);
-        Self::Inline { len: u8::try_from(methods.len()).unwrap_or(0), items }
+        let mut packed = 0_u64;
+        for (i, method) in methods.iter().enumerate() {
+            let code = Self::ALL.iter().position(|m| m == method).map_or(0, |p| p as u64 + 1);
+            packed |= code << (3 * i);
+        }
+        Some(Self(packed))
     }
 
-    fn to_vec(&self) -> Vec<AuthMethod> {
-        match self {
-            Self::Inline { len, items } => items[..usize::from(*len)].to_vec(),
-            Self::Heap(items) => items.to_vec(),
+    fn to_vec(self) -> Vec<AuthMethod> {
+        let mut methods = Vec::with_capacity(2);
+        let mut rest = self.0;
+        while rest != 0 {
+            let code = usize::try_from(rest & 0b111).unwrap_or(0);
+            methods.extend(code.checked_sub(1).and_then(|i| Self::ALL.get(i)));
+            rest >>= 3;
         }
-    }
-}
-
-/// Gives known tokens the full cache lifetime and unknown ones a short one.
-struct EntryExpiry {
-    known: Duration,
-    unknown: Duration,
-}
-
-impl Expiry<TokenHash, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &TokenHash, value: &Entry, _: Instant) -> Option<Duration> {
-        Some(match value {
-            Entry::Session(_) | Entry::Key(_) => self.known,
-            Entry::Unknown => self.unknown,
-        })
+        methods
     }
 }
 
@@ -269,8 +292,17 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Lifetime of an unknown token's entry.
     pub negative_ttl: Duration,
-    /// Most entries.
+    /// Most known tokens held; unknown ones are bounded apart, to a
+    /// quarter of it.
     pub capacity: u64,
+}
+
+/// The two caches: known tokens, and tokens known to be unknown.
+struct Caches {
+    known: TokenCache<Known>,
+    unknown: TokenCache<()>,
+    ttl: Duration,
+    negative_ttl: Duration,
 }
 
 /// Validates tokens; shared by `ValidateToken` and the check of every
@@ -278,7 +310,7 @@ pub struct CacheConfig {
 pub struct Validator {
     store: Arc<dyn Store>,
     tokens: TokenFormat,
-    cache: Cache<TokenHash, Entry>,
+    caches: Arc<Caches>,
     epoch: Arc<AtomicU64>,
     seen_tx: mpsc::Sender<(CredentialId, DateTime<Utc>)>,
     lookups: AtomicU64,
@@ -288,22 +320,23 @@ impl Validator {
     /// A validator over `store`, and the background work it needs run.
     #[must_use]
     pub fn new(store: Arc<dyn Store>, tokens: TokenFormat, config: CacheConfig) -> (Self, ValidatorTasks) {
-        let cache = Cache::builder()
-            .max_capacity(config.capacity)
-            .expire_after(EntryExpiry { known: config.ttl, unknown: config.negative_ttl })
-            .support_invalidation_closures()
-            .build();
+        let caches = Arc::new(Caches {
+            known: TokenCache::new(config.capacity),
+            unknown: TokenCache::new(config.capacity.div_ceil(4)),
+            ttl: config.ttl,
+            negative_ttl: config.negative_ttl,
+        });
         let (seen_tx, seen_rx) = mpsc::channel(SEEN_QUEUE);
         let epoch = Arc::new(AtomicU64::new(0));
         let tasks = ValidatorTasks {
             last_seen: LastSeenWriter { store: Arc::clone(&store), queue: seen_rx },
             revocations: store.is_shared().then(|| RevocationFollower {
                 store: Arc::clone(&store),
-                cache: cache.clone(),
+                caches: Arc::clone(&caches),
                 epoch: Arc::clone(&epoch),
             }),
         };
-        let validator = Self { store, tokens, cache, epoch, seen_tx, lookups: AtomicU64::new(0) };
+        let validator = Self { store, tokens, caches, epoch, seen_tx, lookups: AtomicU64::new(0) };
         (validator, tasks)
     }
 
@@ -320,7 +353,13 @@ impl Validator {
         let parsed = self.tokens.parse(token).map_err(|_| AuthFailure::InvalidToken)?;
         let entry = self.lookup(parsed.hash, parsed.kind).await?;
         let (principal, seen) = match &entry {
-            Entry::Session(known) => (known.check(parsed.kind, now)?, &known.seen),
+            Entry::Session(known, methods) => {
+                let mut principal = known.check(parsed.kind, now)?;
+                if let Some(methods) = methods {
+                    principal.auth_methods.clone_from(methods);
+                }
+                (principal, &known.seen)
+            }
             Entry::Key(known) => (known.check(now)?, &known.seen),
             Entry::Unknown => return Err(AuthFailure::InvalidToken.into()),
         };
@@ -355,7 +394,7 @@ impl Validator {
     }
 
     async fn forget(&self, what: Forget) {
-        forget_here(&self.cache, &self.epoch, what);
+        forget_here(&self.caches, &self.epoch, what);
         // Other replicas hear it through LISTEN/NOTIFY; a lost announcement
         // is bounded by their cache lifetime.
         if self.store.is_shared()
@@ -366,14 +405,20 @@ impl Validator {
     }
 
     async fn lookup(&self, hash: TokenHash, kind: TokenKind) -> Result<Entry> {
-        if let Some(entry) = self.cache.get(&hash) {
-            return Ok(entry);
+        if let Some(known) = self.caches.known.get(&hash) {
+            return Ok(known.into());
+        }
+        if self.caches.unknown.get(&hash).is_some() {
+            return Ok(Entry::Unknown);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let entry = match kind {
             TokenKind::Session | TokenKind::MfaPending => match self.store.session_credential(&hash).await? {
-                Some(found) => Entry::Session(Arc::new(KnownSession::from_credential(found))),
+                Some(found) => {
+                    let (known, methods) = KnownSession::from_credential(found);
+                    Entry::Session(Arc::new(known), methods)
+                }
                 None => Entry::Unknown,
             },
             TokenKind::LiveKey | TokenKind::TestKey => match self.store.key_credential(&hash).await? {
@@ -382,9 +427,23 @@ impl Validator {
             },
         };
         // A revocation that ran while we read may have missed our entry:
-        // then our read is not trusted for later requests.
+        // then our read is not trusted for later requests. A revocation
+        // moves the epoch before it drops entries, so one that starts after
+        // the second look drops what we put back.
         if self.epoch.load(Ordering::Acquire) == epoch {
-            self.cache.insert(hash, entry.clone());
+            let caches = &self.caches;
+            match &entry {
+                Entry::Session(known, None) => {
+                    caches.known.insert(hash, Known::Session(Arc::clone(known)), caches.ttl);
+                }
+                // Too many auth methods to hold: read again each time.
+                Entry::Session(_, Some(_)) => {}
+                Entry::Key(known) => caches.known.insert(hash, Known::Key(Arc::clone(known)), caches.ttl),
+                Entry::Unknown => caches.unknown.insert(hash, (), caches.negative_ttl),
+            }
+            if self.epoch.load(Ordering::Acquire) != epoch {
+                caches.known.remove(&hash);
+            }
         }
         Ok(entry)
     }
@@ -392,10 +451,10 @@ impl Validator {
     /// Queues a last-seen write when the one stored (or last queued) is a
     /// minute old: the cache entry itself remembers it, so there is no
     /// second cache, and a fresh entry starts from the stored time.
-    fn record_seen(&self, credential: CredentialId, seen: &AtomicI64, now: DateTime<Utc>) {
-        let at = now.timestamp();
+    fn record_seen(&self, credential: CredentialId, seen: &AtomicU32, now: DateTime<Utc>) {
+        let at = unix_seconds(now.timestamp());
         let last = seen.load(Ordering::Relaxed);
-        if at.saturating_sub(last) < SEEN_INTERVAL_SECS
+        if i64::from(at) - i64::from(last) < SEEN_INTERVAL_SECS
             || seen.compare_exchange(last, at, Ordering::Relaxed, Ordering::Relaxed).is_err()
         {
             return;
@@ -403,6 +462,11 @@ impl Validator {
         // Dropped when the writer is behind: last-seen is advisory.
         let _ = self.seen_tx.try_send((credential, now));
     }
+}
+
+/// Unix seconds as the cache holds them (4 bytes: until 2106), clamped.
+fn unix_seconds(seconds: i64) -> u32 {
+    u32::try_from(seconds.max(0)).unwrap_or(u32::MAX)
 }
 
 /// The validator's background work, for the caller to run: the validator
@@ -500,20 +564,17 @@ impl std::str::FromStr for Forget {
     }
 }
 
-/// Drops the matching entries from this replica's cache, and moves the
-/// epoch so a lookup that raced with the revocation is not cached.
-fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget) {
-    let predicate = move |_: &TokenHash, entry: &Entry| match what {
-        Forget::Session(id) => matches!(entry, Entry::Session(known) if known.session_id == id),
-        Forget::Key(id) => matches!(entry, Entry::Key(known) if known.key_id == id),
-        Forget::User(id) => entry.user_id() == Some(id),
-    };
-    if cache.invalidate_entries_if(predicate).is_err() {
-        // Cannot happen (closures are enabled); clear everything rather
-        // than risk answering for a revoked token.
-        cache.invalidate_all();
-    }
+/// Moves the epoch, so a lookup that raced with the revocation is not
+/// cached, and drops the matching entries from this replica's cache.
+fn forget_here(caches: &Caches, epoch: &AtomicU64, what: Forget) {
+    // Before the entries go: a lookup that read the store before this
+    // point does not keep its answer (see `lookup`).
     epoch.fetch_add(1, Ordering::AcqRel);
+    caches.known.forget_if(|known| match what {
+        Forget::Session(id) => matches!(known, Known::Session(session) if session.session_id == id),
+        Forget::Key(id) => matches!(known, Known::Key(key) if key.key_id == id),
+        Forget::User(id) => known.user_id() == id,
+    });
 }
 
 /// Applies other replicas' revocations (PostgreSQL LISTEN/NOTIFY) to this
@@ -524,7 +585,7 @@ fn forget_here(cache: &Cache<TokenHash, Entry>, epoch: &AtomicU64, what: Forget)
 /// the bound on staleness when an announcement is lost anyway.
 pub struct RevocationFollower {
     store: Arc<dyn Store>,
-    cache: Cache<TokenHash, Entry>,
+    caches: Arc<Caches>,
     epoch: Arc<AtomicU64>,
 }
 
@@ -557,7 +618,7 @@ impl RevocationFollower {
                 match listener.next().await {
                     Ok(Some(payload)) => {
                         if let Ok(what) = payload.parse::<Forget>() {
-                            forget_here(&self.cache, &self.epoch, what);
+                            forget_here(&self.caches, &self.epoch, what);
                         } else {
                             tracing::warn!(payload, "unknown revocation notification");
                         }
@@ -580,8 +641,8 @@ impl RevocationFollower {
     }
 
     fn forget_everything(&self) {
-        self.cache.invalidate_all();
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.caches.known.clear();
     }
 }
 
@@ -590,13 +651,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn methods_keep_their_order_inline_or_not() {
+    fn methods_keep_their_order_packed_or_not() {
         let two = vec![AuthMethod::AdminLogin, AuthMethod::Totp];
-        assert!(matches!(Methods::new(two.clone()), Methods::Inline { .. }));
-        assert_eq!(Methods::new(two.clone()).to_vec(), two);
-        assert_eq!(Methods::new(Vec::new()).to_vec(), Vec::new());
-        let many = vec![AuthMethod::Password; Methods::INLINE + 1];
-        assert!(matches!(Methods::new(many.clone()), Methods::Heap(_)));
-        assert_eq!(Methods::new(many.clone()).to_vec(), many);
+        assert_eq!(Methods::pack(&two).unwrap().to_vec(), two);
+        assert_eq!(Methods::pack(&[]).unwrap().to_vec(), Vec::new());
+        let all = Methods::ALL.repeat(5);
+        assert_eq!(Methods::pack(&all[..Methods::MAX]).unwrap().to_vec(), all[..Methods::MAX]);
+        assert_eq!(Methods::pack(&all[..=Methods::MAX]), None);
+        assert_eq!(size_of::<KnownSession>(), 80, "a cached session fits a 112-byte allocation");
     }
 }

@@ -12,12 +12,18 @@ mod redact;
 mod status;
 mod user;
 
-use std::sync::Arc;
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use http::Response;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request};
+use tonic::{Code, Request, server::NamedService};
+use tower::Service;
 
 pub use audit::AuditService;
 pub use auth::AuthService;
@@ -39,7 +45,7 @@ use crate::{
         },
     },
     request::{Call, Source},
-    server::EndStreamsLayer,
+    server::{EndStreams, EndStreamsLayer},
 };
 
 /// The request's [`Source`]: its metadata and extensions.
@@ -79,7 +85,7 @@ pub struct Routes<H> {
 pub fn router<H: tonic_health::pb::health_server::Health>(
     routes: Routes<H>,
     config: &Config,
-) -> anyhow::Result<axum::Router> {
+) -> anyhow::Result<GrpcRoutes<H>> {
     let Routes { domain, metrics, health, closed } = routes;
     let max = config.max_message_bytes;
     let end_streams = EndStreamsLayer::new(closed);
@@ -92,48 +98,182 @@ pub fn router<H: tonic_health::pb::health_server::Health>(
         Arc::clone(&metrics),
         IdentityHeaders::from_config(config),
     );
-    let served = axum::Router::new()
-        .route_service(&path_of::<AuthServiceServer<AuthService>>(), {
-            AuthServiceServer::new(AuthService::new(Arc::clone(&domain), Arc::clone(&metrics)))
-                .max_decoding_message_size(max)
-        })
-        .route_service(
-            &path_of::<UserServiceServer<UserService>>(),
-            UserServiceServer::new(UserService::new(Arc::clone(&domain))).max_decoding_message_size(max),
-        )
-        .route_service(
-            &path_of::<KeyServiceServer<KeyService>>(),
-            KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max),
-        )
-        .route_service(
-            &path_of::<AuditServiceServer<AuditService>>(),
-            AuditServiceServer::new(AuditService::new(Arc::clone(&domain))).max_decoding_message_size(max),
-        )
-        .route_service(
-            &path_of::<AuthorizationServer<EnvoyAuthorization>>(),
-            AuthorizationServer::new(envoy).max_decoding_message_size(max),
-        )
-        .route_service(&named_path(&health), tower::Layer::layer(&end_streams, health))
-        .route_service(&named_path(&reflection_v1), tower::Layer::layer(&end_streams, reflection_v1))
-        .route_service(
-            &named_path(&reflection_v1alpha),
-            tower::Layer::layer(&end_streams, reflection_v1alpha),
-        )
-        .fallback(|| async {
-            Problem::new(errors::UNIMPLEMENTED, "no such service or method").into_grpc_response()
-        })
-        .layer(tower::util::MapResponseLayer::new(framework_status));
-    Ok(served)
+    Ok(GrpcRoutes {
+        auth: AuthServiceServer::new(AuthService::new(Arc::clone(&domain), Arc::clone(&metrics)))
+            .max_decoding_message_size(max),
+        user: UserServiceServer::new(UserService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        keys: KeyServiceServer::new(KeyService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        audit: AuditServiceServer::new(AuditService::new(Arc::clone(&domain))).max_decoding_message_size(max),
+        envoy: AuthorizationServer::new(envoy).max_decoding_message_size(max),
+        health: tower::Layer::layer(&end_streams, health),
+        reflection: tower::util::BoxCloneSyncService::new(ReflectionRoutes {
+            v1: tower::Layer::layer(&end_streams, reflection_v1),
+            v1alpha: tower::Layer::layer(&end_streams, reflection_v1alpha),
+        }),
+    })
 }
 
-/// `/<package.Service>/{*method}` for a tonic server.
-fn path_of<S: tonic::server::NamedService>() -> String {
-    format!("/{}/{{*method}}", S::NAME)
+/// Every gRPC service served, chosen by the service name in the path
+/// (`/package.Service/Method`): no router, no path parameters. Each
+/// service is called directly (tonic's servers and the stream-ending
+/// wrapper are always ready); a response without `ErrorInfo` that tonic
+/// itself made gets its row of the error table ([`framework_status`]).
+pub struct GrpcRoutes<H> {
+    auth: AuthServiceServer<AuthService>,
+    user: UserServiceServer<UserService>,
+    keys: KeyServiceServer<KeyService>,
+    audit: AuditServiceServer<AuditService>,
+    envoy: AuthorizationServer<EnvoyAuthorization>,
+    health: EndStreams<tonic_health::pb::health_server::HealthServer<H>>,
+    /// Both reflection services (their types cannot be named).
+    reflection: tower::util::BoxCloneSyncService<
+        http::Request<hyper::body::Incoming>,
+        Response<axum::body::Body>,
+        Infallible,
+    >,
 }
 
-/// [`path_of`] for a server whose type cannot be named.
-fn named_path<S: tonic::server::NamedService>(_: &S) -> String {
-    path_of::<S>()
+// Not derived: the health server is `Clone` whatever `H` is.
+impl<H> Clone for GrpcRoutes<H> {
+    fn clone(&self) -> Self {
+        Self {
+            auth: self.auth.clone(),
+            user: self.user.clone(),
+            keys: self.keys.clone(),
+            audit: self.audit.clone(),
+            envoy: self.envoy.clone(),
+            health: self.health.clone(),
+            reflection: self.reflection.clone(),
+        }
+    }
+}
+
+impl<H> std::fmt::Debug for GrpcRoutes<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcRoutes").finish_non_exhaustive()
+    }
+}
+
+/// The two reflection services, told apart by their service name.
+#[derive(Clone)]
+struct ReflectionRoutes<A, B> {
+    v1: A,
+    v1alpha: B,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+const REFLECTION_V1: &str = "grpc.reflection.v1.ServerReflection";
+const REFLECTION_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+impl<A, B> Service<http::Request<hyper::body::Incoming>> for ReflectionRoutes<A, B>
+where
+    A: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response<axum::body::Body>,
+            Error = Infallible,
+        >,
+    A::Future: Send + 'static,
+    B: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response<axum::body::Body>,
+            Error = Infallible,
+        >,
+    B::Future: Send + 'static,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<axum::body::Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        if service_name(request.uri().path()) == REFLECTION_V1 {
+            Box::pin(self.v1.call(request))
+        } else {
+            Box::pin(self.v1alpha.call(request))
+        }
+    }
+}
+
+/// The service name of a gRPC path, `package.Service` of
+/// `/package.Service/Method`.
+fn service_name(path: &str) -> &str {
+    path.strip_prefix('/').and_then(|rest| rest.split_once('/')).map_or("", |(service, _)| service)
+}
+
+impl<H: tonic_health::pb::health_server::Health> Service<http::Request<hyper::body::Incoming>>
+    for GrpcRoutes<H>
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = GrpcFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Every service here is always ready (see the type's docs).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> GrpcFuture {
+        use envoy_types::ext_authz::v3::pb::AuthorizationServer as Envoy;
+        use tonic_health::pb::health_server::HealthServer;
+        match service_name(request.uri().path()) {
+            AuthServiceServer::<AuthService>::NAME => GrpcFuture::Tonic(self.auth.call(request)),
+            UserServiceServer::<UserService>::NAME => GrpcFuture::Tonic(self.user.call(request)),
+            KeyServiceServer::<KeyService>::NAME => GrpcFuture::Tonic(self.keys.call(request)),
+            AuditServiceServer::<AuditService>::NAME => GrpcFuture::Tonic(self.audit.call(request)),
+            Envoy::<EnvoyAuthorization>::NAME => GrpcFuture::Tonic(self.envoy.call(request)),
+            HealthServer::<H>::NAME => GrpcFuture::Axum(self.health.call(request)),
+            REFLECTION_V1 | REFLECTION_V1ALPHA => GrpcFuture::Axum(self.reflection.call(request)),
+            _ => GrpcFuture::Ready(Some(
+                tonic::Status::from(Problem::new(errors::UNIMPLEMENTED, "no such service or method"))
+                    .into_http(),
+            )),
+        }
+    }
+}
+
+/// The future of one call through [`GrpcRoutes`].
+pub enum GrpcFuture {
+    /// One of portcullis's own services.
+    Tonic(BoxFuture<Result<Response<tonic::body::Body>, Infallible>>),
+    /// Health or reflection, whose streams end when the server closes.
+    Axum(BoxFuture<Result<Response<axum::body::Body>, Infallible>>),
+    /// Answered at once.
+    Ready(Option<Response<tonic::body::Body>>),
+}
+
+impl std::fmt::Debug for GrpcFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrpcFuture")
+    }
+}
+
+impl Future for GrpcFuture {
+    type Output = Result<Response<tonic::body::Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match &mut *self {
+            GrpcFuture::Tonic(future) => match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => response,
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            GrpcFuture::Axum(future) => match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => response.map(tonic::body::Body::new),
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => return Poll::Pending,
+            },
+            GrpcFuture::Ready(response) => {
+                return Poll::Ready(Ok(response.take().unwrap_or_else(|| {
+                    tonic::Status::from(Problem::new(errors::INTERNAL, "internal error")).into_http()
+                })));
+            }
+        };
+        Poll::Ready(Ok(framework_status(response)))
+    }
 }
 
 /// Registers every descriptor set served: portcullis, health, the error
@@ -176,7 +316,7 @@ pub fn served_methods() -> Vec<(String, String)> {
     }
     methods.sort();
     methods.dedup();
-    for service in ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"] {
+    for service in [REFLECTION_V1, REFLECTION_V1ALPHA] {
         methods.push((service.to_owned(), "ServerReflectionInfo".to_owned()));
     }
     methods
@@ -187,7 +327,7 @@ pub fn served_methods() -> Vec<(String, String)> {
 /// their row of the error table: our handlers' statuses always carry
 /// `ErrorInfo` (`grpc-status-details-bin`); an error without came from the
 /// framework.
-fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body::Body> {
+fn framework_status(response: Response<tonic::body::Body>) -> Response<tonic::body::Body> {
     let headers = response.headers();
     let failed = headers.get("grpc-status").is_some_and(|code| code.as_bytes() != b"0");
     if !failed || headers.contains_key("grpc-status-details-bin") {
@@ -218,5 +358,5 @@ fn framework_status(response: Response<axum::body::Body>) -> Response<axum::body
             None => Problem::new(errors::INTERNAL, "internal error"),
         },
     };
-    problem.into_grpc_response()
+    tonic::Status::from(problem).into_http()
 }

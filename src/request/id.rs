@@ -1,15 +1,14 @@
 //! Request ids: the caller's `x-request-id` when it is acceptable, else a
-//! fresh UUID (v4), set by tower-http's request-id layers and returned on
-//! every response, errors included.
+//! fresh UUID (v4), kept for the whole call and returned on every response,
+//! errors included.
 //!
-//! [`DropInvalidIdLayer`] runs first and removes an id that is not 1 to 128
-//! visible ASCII characters, so such an id is replaced and never echoed;
-//! tower-http's `SetRequestId` then keeps the header or makes one with
-//! [`MakeUuid`], and records it as a [`RequestId`] extension, where every
-//! later layer and handler reads it ([`of`]).
+//! [`keep_or_make`] runs first in [`super::observe`]: an id that is not 1 to
+//! 128 visible ASCII characters (or that comes twice) is replaced, never
+//! echoed; the id is then recorded as tower-http's [`RequestId`] extension,
+//! where every later layer and handler reads it ([`of`]).
 
-use http::{HeaderName, Request};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use tower_http::request_id::RequestId;
 
 /// The header that carries a request id, in and out.
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -42,55 +41,38 @@ pub fn from_extensions(extensions: &http::Extensions) -> Option<&str> {
     extensions.get::<RequestId>().and_then(|id| id.header_value().to_str().ok())
 }
 
-/// Makes a fresh id: a random UUID (version 4).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MakeUuid;
-
-impl MakeRequestId for MakeUuid {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        http::HeaderValue::from_str(&id).ok().map(RequestId::new)
-    }
+/// A fresh id: a random UUID (version 4), from a thread-local generator
+/// seeded by the OS (no system call per id). Marked sensitive, so HTTP/2
+/// sends it as a literal that is never indexed: an id seen once would only
+/// push the response headers every call repeats out of the HPACK table.
+#[must_use]
+pub fn make() -> HeaderValue {
+    let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    let mut value = HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    value.set_sensitive(true);
+    value
 }
 
-/// Removes a request's `x-request-id` when [`accept`] refuses it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DropInvalidIdLayer;
-
-impl<S> tower::Layer<S> for DropInvalidIdLayer {
-    type Service = DropInvalidId<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DropInvalidId(inner)
+/// The request's id: its `x-request-id` when that is one acceptable value,
+/// else a fresh one that replaces it in `headers`.
+pub fn keep_or_make(headers: &mut HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(&HEADER).iter();
+    if let (Some(one), None) = (values.next(), values.next())
+        && accept(one.as_bytes()).is_some()
+    {
+        let mut kept = one.clone();
+        kept.set_sensitive(true);
+        return kept;
     }
+    let made = make();
+    headers.insert(HEADER, made.clone());
+    made
 }
 
-/// The service of [`DropInvalidIdLayer`].
-#[derive(Clone, Copy, Debug)]
-pub struct DropInvalidId<S>(S);
-
-impl<S, B> tower::Service<Request<B>> for DropInvalidId<S>
-where
-    S: tower::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let headers = request.headers_mut();
-        let mut values = headers.get_all(&HEADER).iter();
-        let keep =
-            matches!((values.next(), values.next()), (Some(one), None) if accept(one.as_bytes()).is_some());
-        if !keep {
-            headers.remove(&HEADER);
-        }
-        self.0.call(request)
-    }
+/// Records `id` as the request's [`RequestId`] extension.
+pub fn record<B>(request: &mut Request<B>, id: HeaderValue) {
+    request.extensions_mut().insert(RequestId::new(id));
 }
 
 #[cfg(test)]
@@ -113,13 +95,29 @@ mod tests {
 
     #[test]
     fn made_ids_are_acceptable_uuids() {
-        let request = Request::new(());
-        let id = MakeUuid.make_request_id(&request).unwrap();
-        let id = id.header_value().to_str().unwrap().to_owned();
+        let id = make().to_str().unwrap().to_owned();
         assert_eq!(id.len(), 36);
         assert_eq!(accept(id.as_bytes()), Some(id.as_str()));
         assert_eq!(&id[14..15], "4");
-        let other = MakeUuid.make_request_id(&request).unwrap();
-        assert_ne!(other.header_value().to_str().unwrap(), id);
+        assert_ne!(make().to_str().unwrap(), id);
+    }
+
+    #[test]
+    fn one_good_id_is_kept_and_anything_else_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, HeaderValue::from_static("caller-1"));
+        assert_eq!(keep_or_make(&mut headers), "caller-1");
+        assert_eq!(headers.get(HEADER).unwrap(), "caller-1");
+        headers.append(HEADER, HeaderValue::from_static("caller-2"));
+        let made = keep_or_make(&mut headers);
+        assert_eq!(made.len(), 36);
+        assert_eq!(headers.get_all(HEADER).iter().collect::<Vec<_>>(), [&made]);
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER, HeaderValue::from_static("two words"));
+        let made = keep_or_make(&mut headers);
+        assert_eq!(made.len(), 36);
+        assert_eq!(headers.get(HEADER).unwrap(), &made);
+        let mut headers = HeaderMap::new();
+        assert_eq!(keep_or_make(&mut headers).len(), 36);
     }
 }

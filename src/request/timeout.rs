@@ -1,83 +1,12 @@
 //! The time limit of a call: `request_timeout`, or the gRPC client's own
-//! `grpc-timeout` when that is shorter. A call past it is answered here —
-//! `DEADLINE_EXCEEDED` for gRPC, 504 with the S4E envelope for HTTP — inside
-//! the request-id layers, so the answer carries the request id too.
+//! `grpc-timeout` when that is shorter. [`super::observe`] enforces it and
+//! answers a call past it — `DEADLINE_EXCEEDED` for gRPC, 504 with the S4E
+//! envelope for HTTP — with the request id, counted and logged like any
+//! other call.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
-use http::{HeaderMap, Request, Response};
-use tower::{Layer, Service};
-
-use crate::errors::{self, Problem};
-
-/// Bounds every call by a time limit.
-#[derive(Clone, Copy, Debug)]
-pub struct TimeoutLayer {
-    limit: Duration,
-}
-
-impl TimeoutLayer {
-    /// Calls longer than `limit` are answered with a timeout.
-    #[must_use]
-    pub fn new(limit: Duration) -> Self {
-        Self { limit }
-    }
-}
-
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Timeout { inner, limit: self.limit }
-    }
-}
-
-/// The service of [`TimeoutLayer`].
-#[derive(Clone, Debug)]
-pub struct Timeout<S> {
-    inner: S,
-    limit: Duration,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, B> Service<Request<B>> for Timeout<S>
-where
-    S: Service<Request<B>, Response = Response<axum::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<axum::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let grpc = super::is_grpc(request.headers());
-        let limit = if grpc {
-            client_timeout(request.headers()).map_or(self.limit, |t| t.min(self.limit))
-        } else {
-            self.limit
-        };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    tracing::warn!(timeout = ?limit, "request timed out");
-                    let problem = Problem::new(errors::DEADLINE_EXCEEDED, "request timed out");
-                    Ok(if grpc { problem.into_grpc_response() } else { problem.into_s4e_response() })
-                }
-            }
-        })
-    }
-}
+use http::HeaderMap;
 
 /// The client's deadline from `grpc-timeout` (e.g. `100m`, `5S`), if valid.
 #[must_use]
