@@ -312,6 +312,19 @@ impl Proxy {
     }
 }
 
+/// A fresh PostgreSQL database, a TCP proxy in front of it, and a test
+/// configuration that reaches the database through the proxy; `None` where
+/// PostgreSQL is not configured.
+async fn postgres_behind_a_proxy() -> Option<(TestDb, Proxy, portcullis::config::Config)> {
+    let backend = Backend::postgres()?;
+    let db = TestDb::create(&backend).await;
+    let (upstream, _) = through(&db.url, None);
+    let proxy = Proxy::start(upstream).await;
+    let mut config = test_config(&db);
+    config.database_url = through(&db.url, Some(proxy.addr)).1;
+    Some((db, proxy, config))
+}
+
 /// `postgres://user@host:port/db` → (`host:port`, the URL with `via` as its
 /// address).
 fn through(url: &str, via: Option<std::net::SocketAddr>) -> (String, String) {
@@ -342,14 +355,9 @@ async fn health(app: &TestApp, service: &str) -> i32 {
 /// the database is back, so is the service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_fails_fast_and_health_follows() {
-    let Some(backend) = Backend::postgres() else {
+    let Some((db, proxy, mut config)) = postgres_behind_a_proxy().await else {
         return;
     };
-    let db = TestDb::create(&backend).await;
-    let (upstream, _) = through(&db.url, None);
-    let proxy = Proxy::start(upstream).await;
-    let mut config = test_config(&db);
-    config.database_url = through(&db.url, Some(proxy.addr)).1;
     let probe_interval = Duration::from_secs(2);
     config.health_probe_interval = probe_interval;
     config.token_cache_ttl = Duration::from_mins(10);
@@ -427,14 +435,9 @@ async fn database_outage_fails_fast_and_health_follows() {
 /// retries, the record commits as usual, with one row for the attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_fault_mid_login_never_hides_the_attempt() {
-    let Some(backend) = Backend::postgres() else {
+    let Some((db, proxy, mut config)) = postgres_behind_a_proxy().await else {
         return;
     };
-    let db = TestDb::create(&backend).await;
-    let (upstream, _) = through(&db.url, None);
-    let proxy = Proxy::start(upstream).await;
-    let mut config = test_config(&db);
-    config.database_url = through(&db.url, Some(proxy.addr)).1;
     config.health_probe_interval = Duration::from_millis(200);
     // A hash slow enough to cut the database while it runs.
     config.argon2_memory_kib = 8 * 1024;
